@@ -1,0 +1,44 @@
+# One entry point for setting up, testing and measuring pruning_core.
+# Every target creates .venv from the project's own files first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch and torchvision come from local wheels on the project machines (see README).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PLUGINS := plugins/hf_transformers plugins/timm plugins/yolo
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?= -n 2
+
+.PHONY: setup demo test bench sweep fuzz clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml plugins/hf_transformers/pyproject.toml plugins/timm/pyproject.toml plugins/yolo/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e ".[all,test]" $(foreach p,$(PLUGINS),-e $(p))
+	touch $(STAMP)
+
+demo: setup
+	$(PY) examples/demo.py
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PIP) install -q -e ".[bench]"
+	$(PY) benchmarks/bench_depgraph.py --output benchmarks/results/depgraph.md
+
+sweep: setup
+	$(PIP) install -q -e ".[bench]"
+	$(PY) benchmarks/sweep.py --output benchmarks/results
+
+fuzz: setup
+	$(PIP) install -q -e ".[bench]"
+	$(PY) benchmarks/fuzz.py --examples 2000 --output benchmarks/results/fuzz.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info plugins/*/build plugins/*/src/*.egg-info .pytest_cache .hypothesis

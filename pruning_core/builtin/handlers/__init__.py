@@ -1,0 +1,1 @@
+"""Built-in layer handlers for torch.nn, one module per layer family."""

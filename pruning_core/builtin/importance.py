@@ -1,0 +1,1 @@
+"""Built-in importance (filled in with the pruner issue)."""

@@ -1,0 +1,1 @@
+"""Built-in pruners (filled in with the pruner issue)."""

@@ -1,0 +1,171 @@
+"""Pruning groups: the coupled channels that must be removed together.
+
+A group is a selection of elements of one or more leaf atoms. Each slot that
+contains a selected atom becomes a :class:`Dependency`; iterating a group gives
+``(dep, idxs)`` pairs, where ``idxs`` are the slot positions to remove.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from .dims import Atom
+from .slots import Slot
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .depgraph import DependencyGraph
+
+
+def _describe(slot: Slot) -> str:
+    if slot.is_param:
+        tensor = slot.target.module
+        kind = "Parameter" if slot.kind == "param" else "Buffer"
+        return f"{slot.target.qualname} ({kind} of shape {tuple(tensor.shape)}, dim {slot.dim})"
+    module = slot.target.module
+    text = repr(module)
+    if "\n" in text:
+        text = f"{type(module).__name__}(...)"
+    return f"{slot.target.qualname} ({text})"
+
+
+def slot_handler(slot: Slot) -> Any:
+    """The pruning function shown for a slot: ``handler.prune_out_channels`` and friends."""
+    from ..builtin.handlers.parameter import prune_parameter_handler
+
+    if slot.is_param:
+        return prune_parameter_handler.prune_out_channels if slot.dim == 0 else prune_parameter_handler.prune_in_channels
+    return slot.handler.prune_out_channels if slot.kind == "out" else slot.handler.prune_in_channels
+
+
+class Dependency:
+    """``handler`` prunes ``target``; it is triggered by pruning ``source`` with ``trigger``."""
+
+    def __init__(self, slot: Slot, source: Slot) -> None:
+        self.slot = slot
+        self.source_slot = source
+
+    @property
+    def target(self) -> Any:
+        return self.slot.target
+
+    @property
+    def source(self) -> Any:
+        return self.source_slot.target
+
+    @property
+    def handler(self) -> Any:
+        return slot_handler(self.slot)
+
+    @property
+    def trigger(self) -> Any:
+        return slot_handler(self.source_slot)
+
+    @property
+    def layer(self) -> Any:
+        return self.slot.target.module
+
+    @property
+    def pruning_dim(self) -> int:
+        return self.slot.dim
+
+    def is_triggered_by_pruning(self) -> bool:
+        return self.slot is not self.source_slot
+
+    def __repr__(self) -> str:
+        return (f"{self.trigger.__name__} on {_describe(self.source_slot)} => "
+                f"{self.handler.__name__} on {_describe(self.slot)}")
+
+
+class GroupItem(NamedTuple):
+    """One member of a group: unpack as ``dep, idxs``."""
+
+    dep: Dependency
+    idxs: List[int]
+
+
+class Group:
+    """Coupled channels of several layers; ``prune()`` removes them everywhere at once."""
+
+    def __init__(self, graph: "DependencyGraph", selections: Sequence[Tuple[Atom, torch.Tensor]],
+                 root: Slot) -> None:
+        self._graph = graph
+        self.selections = [(atom, elems) for atom, elems in selections]
+        self.root_slot = root
+        self._items: Optional[List[GroupItem]] = None
+        self._positions: Optional[Dict[int, torch.Tensor]] = None
+        self._version = graph._version
+
+    # -- members ------------------------------------------------------------------
+    @property
+    def atoms(self) -> List[Atom]:
+        return [atom for atom, _ in self.selections]
+
+    def positions(self) -> Dict[int, torch.Tensor]:
+        """Slot serial -> sorted positions to remove there (current coordinates)."""
+        if self._positions is None:
+            self._positions = self._graph._positions_for(self.selections)
+        return self._positions
+
+    @property
+    def items(self) -> List[GroupItem]:
+        if self._items is None:
+            positions = self.positions()
+            order = self._graph._member_order(self.root_slot, self.atoms, set(positions))
+            self._items = [GroupItem(Dependency(slot, source), positions[slot.serial].tolist())
+                           for slot, source in order]
+        return self._items
+
+    def __iter__(self) -> Iterator[GroupItem]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> GroupItem:
+        return self.items[index]
+
+    @property
+    def root_idxs(self) -> List[int]:
+        return self.positions().get(self.root_slot.serial, torch.empty(0, dtype=torch.long)).tolist()
+
+    def has_dep(self, dep: Dependency) -> bool:
+        return any(item.dep.slot is dep.slot for item in self.items)
+
+    def has_pruning_op(self, dep: Dependency, idxs: Sequence[int]) -> bool:
+        return any(item.dep.slot is dep.slot and set(idxs) <= set(item.idxs) for item in self.items)
+
+    # -- actions ------------------------------------------------------------------------
+    def prune(self, idxs: Optional[Sequence[int]] = None) -> None:
+        """Remove the group's channels, or ``idxs`` of the root layer and everything coupled to them.
+
+        All-or-nothing: if any handler or hook fails, every module is restored
+        and :class:`pruning_core.PruneFailedError` names the one that failed.
+        """
+        selections = self.selections if idxs is None else self._graph._selections_for(self.root_slot, idxs)
+        if self._graph._version != self._version and idxs is None:
+            from ..errors import GraphError
+
+            raise GraphError("this group was computed before the model was pruned again; get a fresh group "
+                             "(handle groups one at a time, do not keep them in a list)")
+        self._graph._prune_selections(selections)
+
+    def __str__(self) -> str:
+        lines = ["-" * 32, "          Pruning Group", "-" * 32]
+        for index, (dep, idxs) in enumerate(self.items):
+            if len(idxs) <= 32:
+                shown = str(idxs)
+            else:
+                shown = f"[{', '.join(map(str, idxs[:16]))}, ..., {idxs[-1]}] ({len(idxs)} channels)"
+            suffix = " (Pruning Root)" if index == 0 else ""
+            lines.append(f"[{index}] {dep!r}, idxs={shown}{suffix}")
+        lines.append("-" * 32)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Group root={self.root_slot.describe()} channels={sum(e.numel() for _, e in self.selections)} " \
+               f"members={len(self.positions())}>"
+
+    def details(self) -> str:
+        return str(self)

@@ -1,0 +1,465 @@
+"""Tracing: run the model once and record how every tensor dimension relates to channels.
+
+The tracer is a ``TorchDispatchMode``: it sees each aten operator the forward
+pass runs, with real (or ``meta``) tensors, so it needs no autograd, works under
+``torch.no_grad()``, with frozen parameters and on the meta device. Modules that
+have a layer handler are recorded as one call (their inner operators are
+skipped); everything else is recorded operator by operator, and each operator's
+rule unifies the dimension expressions of its inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..errors import GraphError
+from . import handlers as hv
+from .dims import STRUCTURED, Cat, DimError, DimSpace, Expr, Prod, resolve
+from .slots import Slot, Target
+
+
+def iter_tensors(obj: Any, _depth: int = 0) -> Iterator[torch.Tensor]:
+    """Tensors inside ``obj``: tensors, sequences, mappings (``ModelOutput``) and dataclasses."""
+    if _depth > 8:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from iter_tensors(item, _depth + 1)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from iter_tensors(item, _depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for field in dataclasses.fields(obj):
+            yield from iter_tensors(getattr(obj, field.name, None), _depth + 1)
+
+
+@dataclasses.dataclass
+class Node:
+    """One step of the trace: a model input, an operator, a handled module call or a parameter."""
+
+    kind: str
+    label: str
+    inputs: List[int]
+    outputs: List[int]
+    scope: str = ""
+    slots: Tuple[Slot, ...] = ()
+
+
+@dataclasses.dataclass
+class UnsupportedOp:
+    """An operator without a rule, or whose rule failed: its dimensions were frozen."""
+
+    op: str
+    scope: str
+    reason: str
+
+
+def _is_pointwise(func: Any) -> bool:
+    """Tagged pointwise, or the in-place form (``relu_``) of a tagged pointwise operator."""
+    if torch.Tag.pointwise in func.tags:
+        return True
+    name = func._schema.name
+    if name.endswith("_") and torch.Tag.inplace in func.tags:
+        packet = getattr(torch.ops.aten, name.split("::", 1)[1][:-1], None)
+        overload = getattr(packet, func._overloadname, None) if packet is not None else None
+        return overload is not None and torch.Tag.pointwise in overload.tags
+    return False
+
+
+class OpCall:
+    """What an op rule sees: one aten call, its tensors and the dimension algebra.
+
+    Rules read inputs with :meth:`dims`, relate them with :meth:`unify`, and
+    must give every tensor output its dimensions with :meth:`set`.
+    """
+
+    __slots__ = ("func", "args", "kwargs", "outputs", "recorder", "_named")
+
+    def __init__(self, func: Any, args: tuple, kwargs: dict, outputs: List[torch.Tensor], recorder: "Recorder") -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.outputs = outputs
+        self.recorder = recorder
+        self._named: Optional[Dict[str, Any]] = None
+
+    @property
+    def name(self) -> str:
+        return self.func._schema.name
+
+    @property
+    def space(self) -> DimSpace:
+        return self.recorder.space
+
+    def arg(self, name: str, default: Any = None) -> Any:
+        """An argument by its schema name (positional or keyword)."""
+        if self._named is None:
+            named: Dict[str, Any] = {}
+            for index, spec in enumerate(self.func._schema.arguments):
+                if index < len(self.args):
+                    named[spec.name] = self.args[index]
+                elif spec.name in self.kwargs:
+                    named[spec.name] = self.kwargs[spec.name]
+            self._named = named
+        value = self._named.get(name, default)
+        return default if value is None else value
+
+    def dims(self, tensor: torch.Tensor) -> List[Expr]:
+        return list(self.recorder.dims_of(tensor))
+
+    def set(self, tensor: torch.Tensor, dims: Sequence[Expr]) -> None:
+        self.recorder.set_dims(tensor, list(dims))
+
+    def unify(self, a: Expr, b: Expr) -> None:
+        self.recorder.space.unify(a, b)
+
+    def new(self, size: int, flags: int = STRUCTURED, note: Optional[str] = None) -> Expr:
+        return self.recorder.space.atom(size, flags, note or f"size set by {self.name}")
+
+    def freeze(self, expr: Expr, note: Optional[str] = None) -> None:
+        self.recorder.space.freeze(expr, note or f"indexed by {self.name}")
+
+    def structure(self, expr: Expr, note: Optional[str] = None) -> None:
+        self.recorder.space.mark(expr, STRUCTURED, note or f"sized in code at {self.name}")
+
+
+class Recorder:
+    """Holds the dimension algebra, the tensor table, slots and nodes while tracing."""
+
+    def __init__(self, model: torch.nn.Module, resolve_handler: Callable[[torch.nn.Module], Any],
+                 rule_lookup: Callable[[Any], Optional[Callable[[OpCall], None]]],
+                 pointwise_rule: Callable[[OpCall], None]) -> None:
+        self.space = DimSpace()
+        self._table: Dict[int, Tuple[Any, int]] = {}
+        self.tensor_dims: List[List[Expr]] = []
+        self.nodes: List[Node] = []
+        self.slots: List[Slot] = []
+        self.unsupported: List[UnsupportedOp] = []
+        self.scope: List[str] = []
+        self.handled_depth = 0
+        self._rule_lookup = rule_lookup
+        self._pointwise_rule = pointwise_rule
+        self._pinned: List[torch.Tensor] = []
+        self.module_names: Dict[int, str] = {}
+        self.handlers: Dict[int, Any] = {}
+        self.module_slots: Dict[int, Tuple[Slot, Slot]] = {}
+        self.cover_owner: Dict[int, torch.nn.Module] = {}
+        self.unhandled: Dict[int, Tuple[torch.nn.Module, Any]] = {}
+        for name, module in model.named_modules(remove_duplicate=False):
+            self.module_names.setdefault(id(module), name)
+        for name, module in model.named_modules():
+            if id(module) in self.cover_owner:
+                continue
+            handler = resolve_handler(module)
+            if handler is not None:
+                self.handlers[id(module)] = handler
+                for inner in module.modules():
+                    self.cover_owner[id(inner)] = module
+        self.param_owner: Dict[int, Tuple[str, torch.nn.Module, str, bool]] = {}
+        for name, module in model.named_modules():
+            for attr, param in module.named_parameters(recurse=False):
+                self.param_owner.setdefault(id(param), (name, module, attr, False))
+            for attr, buf in module.named_buffers(recurse=False):
+                if buf is not None:
+                    self.param_owner.setdefault(id(buf), (name, module, attr, True))
+        self.param_slots: Dict[int, List[Slot]] = {}
+
+    # -- tensor table -----------------------------------------------------------
+    def _serial(self, tensor: torch.Tensor) -> Optional[int]:
+        entry = self._table.get(id(tensor))
+        if entry is None:
+            return None
+        ref, serial = entry
+        return serial if ref() is tensor else None
+
+    def dims_of(self, tensor: torch.Tensor) -> List[Expr]:
+        serial = self._serial(tensor)
+        if serial is None:
+            serial = self._adopt(tensor)
+        return self.tensor_dims[serial]
+
+    def serial_of(self, tensor: torch.Tensor) -> int:
+        serial = self._serial(tensor)
+        return self._adopt(tensor) if serial is None else serial
+
+    def set_dims(self, tensor: torch.Tensor, dims: List[Expr]) -> int:
+        if len(dims) != tensor.ndim:
+            raise DimError(f"rule gave {len(dims)} dims for a {tensor.ndim}-d tensor")
+        serial = self._serial(tensor)
+        if serial is not None and len(self.tensor_dims[serial]) == len(dims):
+            # In-place result or a module returning its input: same tensor, same dims.
+            for old, new in zip(self.tensor_dims[serial], dims):
+                self.space.unify(old, new)
+            return serial
+        serial = len(self.tensor_dims)
+        self.tensor_dims.append(dims)
+        try:
+            ref: Any = weakref.ref(tensor)
+        except TypeError:
+            self._pinned.append(tensor)
+            ref = lambda: tensor  # noqa: E731 - tensors without weakref support stay pinned
+        self._table[id(tensor)] = (ref, serial)
+        return serial
+
+    def _adopt(self, tensor: torch.Tensor) -> int:
+        """First sight of a tensor no operator produced: a parameter, a buffer or a constant."""
+        owner = self.param_owner.get(id(tensor))
+        if owner is not None and id(owner[1]) in self.cover_owner:
+            self._maybe_unhandle(self.cover_owner[id(owner[1])])
+        if owner is not None and id(owner[1]) not in self.cover_owner:
+            qualname, module, attr, is_buffer = owner
+            dims: List[Expr] = []
+            slots: List[Slot] = []
+            for d, size in enumerate(tensor.shape):
+                expr = self.space.atom(size, 0)
+                dims.append(expr)
+                if size > 1:
+                    slot = Slot("buffer" if is_buffer else "param", Target(module, qualname, attr),
+                                None, expr, dim=d, serial=len(self.slots))
+                    slot.linked = True
+                    self.slots.append(slot)
+                    slots.append(slot)
+            serial = self.set_dims(tensor, dims)
+            self.param_slots[id(tensor)] = slots
+            self.nodes.append(Node("param", f"{qualname}.{attr}" if qualname else attr, [], [serial],
+                                   self.current_scope, tuple(slots)))
+            return serial
+        if owner is not None:
+            note = f"{owner[0]}.{owner[2]} is used outside the layer that owns it"
+        else:
+            note = "constant tensor created outside the traced forward"
+        dims = [self.space.frozen(size, note) for size in tensor.shape]
+        return self.set_dims(tensor, dims)
+
+    def _maybe_unhandle(self, module: torch.nn.Module) -> None:
+        """A handled layer whose weights are used directly (``F.linear(x, self.qkv.weight)``) before
+        it is ever called is traced through its weights instead."""
+        if self.handled_depth or id(module) in self.module_slots or id(module) not in self.handlers:
+            return
+        self.unhandled[id(module)] = (module, self.handlers.pop(id(module)))
+        for inner in module.modules():
+            self.cover_owner.pop(id(inner), None)
+
+    def register_input(self, tensor: torch.Tensor, label: str) -> None:
+        dims = [self.space.frozen(size, "model input") for size in tensor.shape]
+        serial = self.set_dims(tensor, dims)
+        self.nodes.append(Node("input", label, [], [serial]))
+
+    def freeze_outputs(self, outputs: Any) -> None:
+        serials = []
+        for tensor in iter_tensors(outputs):
+            serial = self._serial(tensor)
+            if serial is None:
+                continue
+            serials.append(serial)
+            for expr in self.tensor_dims[serial]:
+                self.space.freeze(expr, "model output")
+        self.nodes.append(Node("output", "output", serials, []))
+
+    @property
+    def current_scope(self) -> str:
+        return self.scope[-1] if self.scope else ""
+
+    # -- operators ------------------------------------------------------------------
+    def record_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        outputs = list(iter_tensors(out))
+        if not outputs:
+            return
+        inputs = [t for t in iter_tensors(args)] + [t for t in iter_tensors(list(kwargs.values()))]
+        in_serials = [self.serial_of(t) for t in inputs]
+        call = OpCall(func, args, kwargs, outputs, self)
+        rule = self._rule_lookup(func)
+        if rule is None and _is_pointwise(func):
+            rule = self._pointwise_rule
+        op_name = str(func)
+        if rule is None:
+            self._give_up(call, inputs, outputs, op_name, "no rule for this operator")
+        else:
+            try:
+                rule(call)
+            except DimError as exc:
+                self._give_up(call, inputs, outputs, op_name, f"shapes could not be related ({exc})")
+        out_serials = []
+        for tensor in outputs:
+            if self._serial(tensor) is None:
+                self.set_dims(tensor, [self.space.frozen(s, f"output of {op_name}") for s in tensor.shape])
+            out_serials.append(self._serial(tensor))
+        self.nodes.append(Node("op", op_name, in_serials, out_serials, self.current_scope))
+
+    def _give_up(self, call: OpCall, inputs: List[torch.Tensor], outputs: List[torch.Tensor], op_name: str,
+                 reason: str) -> None:
+        note = f"{op_name} in {self.current_scope or 'the model'}: {reason}"
+        for tensor in inputs:
+            for expr in self.dims_of(tensor):
+                self.space.freeze(expr, note)
+        for tensor in outputs:
+            if self._serial(tensor) is None:
+                self.set_dims(tensor, [self.space.frozen(s, note) for s in tensor.shape])
+            else:
+                for expr in self.dims_of(tensor):
+                    self.space.freeze(expr, note)
+        self.unsupported.append(UnsupportedOp(op_name, self.current_scope, reason))
+
+    # -- handled modules -------------------------------------------------------------
+    def _slots_for(self, module: torch.nn.Module, qualname: str, handler: Any) -> Tuple[Slot, Slot]:
+        found = self.module_slots.get(id(module))
+        if found is not None:
+            return found
+        n_in = int(handler.get_in_channels(module))
+        n_out = int(handler.get_out_channels(module))
+        groups = hv.channel_groups(handler, module)
+        coupled = hv.is_coupled(handler)
+        space = self.space
+        if groups > 1 and n_in % groups == 0 and n_out % groups == 0:
+            depthwise = n_in == groups
+            group_atom = space.atom(groups, 0 if depthwise else STRUCTURED, f"{qualname}: number of groups")
+            in_expr: Expr = group_atom if depthwise else resolve(Prod((group_atom, space.atom(n_in // groups))))
+            out_expr = in_expr if coupled else resolve(Prod((group_atom, space.atom(n_out // groups))))
+        else:
+            in_expr = space.atom(n_in)
+            out_expr = in_expr if coupled else space.atom(n_out)
+        target = Target(module, qualname)
+        in_slot = Slot("in", target, handler, in_expr, serial=len(self.slots))
+        out_slot = Slot("out", target, handler, out_expr, serial=len(self.slots) + 1)
+        self.slots.extend((in_slot, out_slot))
+        self.module_slots[id(module)] = (in_slot, out_slot)
+        return in_slot, out_slot
+
+    def module_call(self, module: torch.nn.Module, inputs: List[torch.Tensor], outputs: List[torch.Tensor]) -> None:
+        handler = self.handlers[id(module)]
+        qualname = self.module_names.get(id(module), type(module).__name__)
+        in_serials = [self.serial_of(t) for t in inputs]
+        in_slot, out_slot = self._slots_for(module, qualname, handler)
+        in_links, out_links = hv.tensor_links(handler, module, inputs, outputs, qualname)
+        space = self.space
+        for link in in_links:
+            slot = out_slot if link.side == "out" else in_slot
+            dims = self.dims_of(inputs[link.index])
+            expr = slot.expr if link.repeat == 1 else Cat([slot.expr] * link.repeat)
+            try:
+                space.unify(dims[link.dim], expr)
+            except DimError as exc:
+                note = f"{qualname}: channels do not match its input ({exc})"
+                space.freeze(dims[link.dim], note)
+                space.freeze(expr, note)
+            slot.linked = True
+        reference = inputs[0] if inputs else None
+        ref_dims = self.dims_of(reference) if reference is not None else []
+        out_serials = []
+        for index, tensor in enumerate(outputs):
+            if self._serial(tensor) is not None and any(tensor is t for t in inputs):
+                out_serials.append(self._serial(tensor))
+                continue
+            dims: List[Expr] = []
+            for d, size in enumerate(tensor.shape):
+                if reference is not None and reference.ndim == tensor.ndim and reference.shape[d] == size:
+                    dims.append(ref_dims[d])
+                else:
+                    dims.append(space.frozen(size, f"size computed inside {qualname}"))
+            for link in out_links:
+                if link.index == index:
+                    slot = in_slot if link.side == "in" else out_slot
+                    expr = slot.expr if link.repeat == 1 else Cat([slot.expr] * link.repeat)
+                    if expr.size != tensor.shape[link.dim]:
+                        raise GraphError(
+                            f"{qualname} ({type(module).__name__}): handler {hv.handler_name(handler)} reports "
+                            f"{expr.size} output channels but its output has {tensor.shape[link.dim]} at dim {link.dim}"
+                        )
+                    dims[link.dim] = expr
+                    slot.linked = True
+            out_serials.append(self.set_dims(tensor, dims))
+        self.nodes.append(Node("module", qualname, in_serials, out_serials, self.current_scope, (in_slot, out_slot)))
+
+
+class _DispatchTracer(TorchDispatchMode):
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.recorder.handled_depth == 0:
+            self.recorder.record_op(func, args, kwargs, out)
+        return out
+
+
+def _install_hooks(model: torch.nn.Module, recorder: Recorder) -> List[Any]:
+    """Every module gets a pre/post hook pair: handled layers become one node, others name the scope."""
+    handles = []
+    actions: List[Tuple[str, Any]] = []
+
+    def pre(module, args, kwargs):
+        if id(module) in recorder.handlers:
+            inputs = list(iter_tensors(args)) + list(iter_tensors(kwargs)) if recorder.handled_depth == 0 else None
+            actions.append(("handled", inputs))
+            recorder.handled_depth += 1
+        elif recorder.handled_depth == 0:
+            actions.append(("scope", None))
+            recorder.scope.append(recorder.module_names.get(id(module), ""))
+        else:
+            actions.append(("inner", None))
+
+    def post(module, args, kwargs, output):
+        kind, inputs = actions.pop()
+        if kind == "handled":
+            recorder.handled_depth -= 1
+            if inputs is not None:
+                recorder.module_call(module, inputs, list(iter_tensors(output)))
+        elif kind == "scope" and recorder.scope:
+            recorder.scope.pop()
+
+    for module in model.modules():
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True))
+    return handles
+
+
+def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
+              forward_fn: Optional[Callable[[torch.nn.Module, Any], Any]],
+              output_transform: Optional[Callable[[Any], Any]]) -> Any:
+    """Run one forward pass under the tracer and return its (transformed) output."""
+    if isinstance(example_inputs, dict):
+        for key, value in example_inputs.items():
+            for tensor in iter_tensors(value):
+                recorder.register_input(tensor, f"input {key}")
+    else:
+        for index, tensor in enumerate(iter_tensors(example_inputs)):
+            recorder.register_input(tensor, f"input {index}")
+    buffers = None
+    if any(m.training for m in model.modules()):
+        # Training-mode forwards update running statistics; tracing must not.
+        buffers = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    handles = _install_hooks(model, recorder)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # fused encoder kernels would hide the layers
+    try:
+        with torch.no_grad(), _DispatchTracer(recorder):
+            if forward_fn is not None:
+                output = forward_fn(model, example_inputs)
+            elif isinstance(example_inputs, dict):
+                output = model(**example_inputs)
+            elif isinstance(example_inputs, (list, tuple)):
+                output = model(*example_inputs)
+            else:
+                output = model(example_inputs)
+            if output_transform is not None:
+                output = output_transform(output)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        for handle in handles:
+            handle.remove()
+        if buffers is not None:
+            with torch.no_grad():
+                for name, buf in model.named_buffers():
+                    if name in buffers and buf.shape == buffers[name].shape:
+                        buf.copy_(buffers[name])
+    recorder.freeze_outputs(output)
+    return output

@@ -1,0 +1,193 @@
+"""Base class and helpers for layer handlers (the objects that physically prune a layer).
+
+A handler is stateless: every method takes the layer it acts on. Subclass
+:class:`BasePruningFunc` and implement ``get_out_channels``, ``get_in_channels``,
+``_prune_out`` and ``_prune_in``; validation of the indices is done here, once.
+Handlers replace parameters with new ``nn.Parameter`` objects rather than
+editing them in place, which lets a failed pruning step restore the old ones.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .errors import EmptyLayerError, InvalidIndicesError
+
+Indices = Union[Sequence[int], torch.Tensor, range]
+
+
+def as_index_tensor(idxs: Any, size: int, where: str) -> torch.Tensor:
+    """Validate pruning indices and return them sorted as a CPU ``LongTensor``."""
+    if isinstance(idxs, torch.Tensor):
+        if idxs.dtype in (torch.bool,) or idxs.is_floating_point() or idxs.is_complex():
+            raise InvalidIndicesError(f"{where}: pruning indices must be integers, got a {idxs.dtype} tensor")
+        if idxs.ndim > 1:
+            raise InvalidIndicesError(f"{where}: pruning indices must be one-dimensional, got shape {tuple(idxs.shape)}")
+        values = idxs.detach().to("cpu", torch.long).reshape(-1)
+    else:
+        if isinstance(idxs, (str, bytes)) or not isinstance(idxs, Iterable):
+            raise InvalidIndicesError(f"{where}: pruning indices must be a list of ints, got {type(idxs).__name__}")
+        items = list(idxs)
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+                raise InvalidIndicesError(
+                    f"{where}: pruning indices must be ints, got {item!r} ({type(item).__name__})")
+        values = torch.tensor([int(i) for i in items], dtype=torch.long)
+    if values.numel():
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high >= size:
+            raise InvalidIndicesError(
+                f"{where}: pruning index {low if low < 0 else high} is out of range for {size} channels "
+                f"(valid: 0..{size - 1})")
+        unique = torch.unique(values)
+        if unique.numel() != values.numel():
+            raise InvalidIndicesError(f"{where}: pruning indices contain duplicates")
+        values = unique
+    return values
+
+
+def keep_indices(idxs: torch.Tensor, size: int) -> torch.Tensor:
+    """The complement of sorted removal indices ``idxs`` in ``range(size)``."""
+    mask = torch.ones(size, dtype=torch.bool)
+    mask[idxs] = False
+    return torch.nonzero(mask).reshape(-1)
+
+
+def select(tensor: Optional[torch.Tensor], dim: int, keep: torch.Tensor) -> Optional[torch.Tensor]:
+    """``tensor.index_select(dim, keep)`` on the tensor's own device (works on ``meta``)."""
+    if tensor is None:
+        return None
+    return torch.index_select(tensor.detach(), dim, keep.to(tensor.device))
+
+
+def replace_tensor(module: nn.Module, name: str, value: Optional[torch.Tensor]) -> None:
+    """Put ``value`` in place of the parameter or buffer ``name``, keeping its kind and ``requires_grad``."""
+    if value is None:
+        return
+    if name in module._parameters:
+        old = module._parameters[name]
+        module._parameters[name] = nn.Parameter(value, requires_grad=old.requires_grad if old is not None else True)
+    elif name in module._buffers:
+        module._buffers[name] = value
+    else:
+        setattr(module, name, value)
+
+
+def prune_tensor(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> None:
+    """Keep only ``keep`` along ``dim`` of the parameter or buffer ``name`` (no-op if absent)."""
+    tensor = getattr(module, name, None)
+    if isinstance(tensor, torch.Tensor):
+        replace_tensor(module, name, select(tensor, dim, keep))
+
+
+def block_indices(idxs: torch.Tensor, block: int, copies: int) -> torch.Tensor:
+    """Indices ``idxs`` repeated in each of ``copies`` consecutive blocks of size ``block``."""
+    return torch.cat([idxs + i * block for i in range(copies)]) if copies > 1 else idxs
+
+
+def grouped_removal(idxs: torch.Tensor, total: int, groups: int, where: str) -> Tuple[str, torch.Tensor]:
+    """Classify removal ``idxs`` of a dim made of ``groups`` equal blocks.
+
+    Returns ``("uniform", local_idxs)`` when every block loses the same local
+    positions, or ``("groups", group_idxs)`` when whole blocks are removed.
+    """
+    per = total // groups
+    local = idxs % per
+    owner = idxs // per
+    if idxs.numel() == 0:
+        return "uniform", idxs
+    counts = torch.bincount(owner, minlength=groups)
+    if bool(((counts == 0) | (counts == per)).all()):
+        return "groups", torch.nonzero(counts == per).reshape(-1)
+    first = torch.unique(local[owner == owner[0]])
+    if bool((counts == first.numel()).all()):
+        for g in range(groups):
+            if not torch.equal(torch.unique(local[owner == g]), first):
+                break
+        else:
+            return "uniform", first
+    raise InvalidIndicesError(
+        f"{where}: channels come in {groups} groups of {per}; remove the same positions in every group "
+        "or whole groups")
+
+
+class BasePruningFunc:
+    """Base class for layer handlers.
+
+    The public methods validate indices and return the layer; subclasses
+    implement ``_prune_out(layer, idxs)`` and ``_prune_in(layer, idxs)`` with
+    sorted, validated removal indices.
+
+    Optional methods the graph and the importance criteria use:
+
+    * ``channel_dim(layer, tensor, side)``: which dim of an input ("in") or
+      output ("out") tensor holds the channels.
+    * ``tensor_channel_dims(layer, inputs, outputs)``: for layers with several
+      tensor inputs or outputs, ``([(input_index, dim), ...], [(output_index, dim), ...])``.
+    * ``channel_groups(layer)``: channels form this many independent groups.
+    * ``channel_params(layer, side)``: ``[(tensor, dim, to_channels), ...]``,
+      the parameter slices each channel owns, for importance scores. Without it,
+      scores are found by probing ``prune_*_channels`` on a copy of the layer.
+    """
+
+    TARGET_MODULES: Tuple[type, ...] = ()
+    name: Optional[str] = None
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
+        """Remove output channels ``idxs`` of ``layer`` and return it."""
+        checked = self._checked(layer, idxs, "out")
+        if checked.numel():
+            self._prune_out(layer, checked)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
+        """Remove input channels ``idxs`` of ``layer`` and return it."""
+        checked = self._checked(layer, idxs, "in")
+        if checked.numel():
+            self._prune_in(layer, checked)
+        return layer
+
+    def _checked(self, layer: nn.Module, idxs: Indices, side: str) -> torch.Tensor:
+        size = int(self.get_out_channels(layer) if side == "out" else self.get_in_channels(layer))
+        where = f"{type(layer).__name__} {side}put channels"
+        checked = as_index_tensor(idxs, size, where)
+        if checked.numel() >= size and size > 0:
+            raise EmptyLayerError(
+                f"{where}: removing {checked.numel()} of {size} channels would leave none; keep at least one")
+        return checked
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        raise NotImplementedError
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        raise NotImplementedError
+
+    def _prune_out(self, layer: nn.Module, idxs: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _prune_in(self, layer: nn.Module, idxs: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CoupledPruningFunc(BasePruningFunc):
+    """A handler whose layer has one channel set for input and output (BatchNorm, LayerNorm...)."""
+
+    prune_in_channels = BasePruningFunc.prune_out_channels
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return self.get_out_channels(layer)
+
+    def _prune_in(self, layer: nn.Module, idxs: torch.Tensor) -> None:
+        self._prune_out(layer, idxs)
+
+
+def param_list(*items: Tuple[Optional[torch.Tensor], int]) -> List[Tuple[torch.Tensor, int, Any]]:
+    """``channel_params`` helper: skip absent tensors."""
+    return [(t, d, None) for t, d in items if isinstance(t, torch.Tensor)]

@@ -1,0 +1,181 @@
+"""Frozen records that plugins return from ``register_*`` hooks.
+
+Each record validates itself when created, so a malformed plugin fails at load
+time with a message naming the record and the field. The plugin manager stamps
+every record with the plugin that produced it (``provider``); conflict errors
+use it to name both sides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Union
+
+from .errors import PluginError
+
+HANDLER_METHODS = ("prune_out_channels", "prune_in_channels", "get_out_channels", "get_in_channels")
+
+
+def class_key(cls: type) -> str:
+    """The dotted path that identifies ``cls`` in registries: ``module.QualName``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Provider:
+    """Who registered a record: plugin name, distribution and version."""
+
+    name: str
+    distribution: Optional[str] = None
+    version: Optional[str] = None
+
+    def __str__(self) -> str:
+        if self.distribution:
+            return f"plugin {self.name!r} ({self.distribution} {self.version or ''})".replace(" )", ")")
+        return f"plugin {self.name!r}"
+
+
+class _Stamped:
+    """Mixin: a ``provider`` slot the plugin manager fills in after creation."""
+
+    def _stamp(self, provider: Provider) -> None:
+        object.__setattr__(self, "provider", provider)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerHandlerSpec(_Stamped):
+    """Declares that ``handler`` prunes modules of class ``target``.
+
+    :param target: a module class, or its dotted path ``"package.module.Class"``
+        so that a plugin can name a class without importing its framework.
+    :param handler: an object with ``prune_out_channels(layer, idxs)``,
+        ``prune_in_channels(layer, idxs)``, ``get_out_channels(layer)`` and
+        ``get_in_channels(layer)``. If ``prune_in_channels`` is the same function
+        as ``prune_out_channels``, the layer's input and output channels are
+        coupled (as in BatchNorm).
+    """
+
+    target: Union[type, str]
+    handler: Any
+    provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, str):
+            if "." not in self.target or self.target.startswith(".") or self.target.endswith("."):
+                raise PluginError(
+                    f"LayerHandlerSpec target {self.target!r} is not a dotted path; "
+                    "write it as 'package.module.ClassName'"
+                )
+        elif not isinstance(self.target, type):
+            raise PluginError(
+                f"LayerHandlerSpec target must be a class or a dotted path string, got {type(self.target).__name__}"
+            )
+        missing = [m for m in HANDLER_METHODS if not callable(getattr(self.handler, m, None))]
+        if missing:
+            raise PluginError(
+                f"handler {self.handler!r} for {self.key} lacks {', '.join(missing)}; "
+                "a layer handler needs prune_out_channels, prune_in_channels, get_out_channels and get_in_channels"
+            )
+
+    @property
+    def key(self) -> str:
+        """The registry key: the dotted path of the target class."""
+        return self.target if isinstance(self.target, str) else class_key(self.target)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpRuleSpec(_Stamped):
+    """Declares how an aten operator relates the dimensions of its tensors.
+
+    :param op: the operator name, ``"aten::view"`` for every overload or
+        ``"aten::add.Tensor"`` for one overload.
+    :param rule: ``rule(call)`` where ``call`` is a :class:`pruning_core.graph.OpCall`.
+    """
+
+    op: str
+    rule: Callable[[Any], None]
+    provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.op, str) or "::" not in self.op:
+            raise PluginError(f"OpRuleSpec op must look like 'aten::view', got {self.op!r}")
+        if not callable(self.rule):
+            raise PluginError(f"OpRuleSpec rule for {self.op} is not callable")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportanceSpec(_Stamped):
+    """A named importance criterion.
+
+    :param name: the name users select it by, for example ``"l2"``.
+    :param factory: a callable returning an importance object; usually the class.
+    :param description: one line shown by ``pruning-core plugins``.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_name("ImportanceSpec", self.name)
+        if not callable(self.factory):
+            raise PluginError(f"ImportanceSpec {self.name!r}: factory is not callable")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunerSpec(_Stamped):
+    """A named pruning algorithm.
+
+    :param name: the name users select it by, for example ``"magnitude"``.
+    :param factory: the pruner class (a :class:`pruning_core.pruner.BasePruner` subclass).
+    :param description: one line shown by ``pruning-core plugins``.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_name("PrunerSpec", self.name)
+        if not callable(self.factory):
+            raise PluginError(f"PrunerSpec {self.name!r}: factory is not callable")
+
+
+@dataclasses.dataclass(frozen=True)
+class StructureHint(_Stamped):
+    """Structure a plugin knows about a module, so users need not pass it.
+
+    :param module: the module the hint is about.
+    :param num_heads: attention heads whose channels live in ``module``'s output
+        (for a fused qkv projection, the heads of each of q, k and v).
+    :param head_dim: the size of one head, when it is not ``channels / num_heads``.
+    :param out_channel_groups: the output channels form this many equal groups
+        that must keep equal sizes.
+    :param in_channel_groups: the same, for input channels.
+    :param keep: never prune this module's output channels (a classifier or LM head).
+    :param prunable_heads: whether whole heads may be removed.
+    :param prunable_head_dims: whether dimensions inside each head may be removed.
+    """
+
+    module: Any
+    num_heads: Optional[int] = None
+    head_dim: Optional[int] = None
+    out_channel_groups: Optional[int] = None
+    in_channel_groups: Optional[int] = None
+    keep: bool = False
+    prunable_heads: Optional[bool] = None
+    prunable_head_dims: Optional[bool] = None
+    provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for field in ("num_heads", "head_dim", "out_channel_groups", "in_channel_groups"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise PluginError(f"StructureHint.{field} must be a positive int, got {value!r}")
+
+
+def _check_name(kind: str, name: Any) -> None:
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise PluginError(f"{kind} name must be a non-empty identifier-like string, got {name!r}")
