@@ -402,15 +402,12 @@ class DependencyGraph:
                       and atom.current_size > 1 and self._has_weights(atom)]
         if not candidates:
             return {}
-        if self._trials is None:
-            from .validate import TrialRunner
-
-            self._trials = TrialRunner(self, self._example_inputs, self._forward)
-        if not self._trials.available:
+        trials = self._trial_runner()
+        if trials is None:
             self._checked_atoms.update(candidates)
             return {}
         candidates.sort(key=lambda a: a.serial)
-        failing = self._trials.failing(candidates)
+        failing = trials.failing(candidates)
         for atom, reason in failing.items():
             self._recorder.space.freeze(atom, f"trial pruning failed: {reason}")
         self._checked_atoms.update(candidates)
@@ -430,12 +427,27 @@ class DependencyGraph:
         return Group(self, self._selections_for(slot, idxs), slot)
 
     def check_pruning_group(self, group: Group) -> bool:
-        """False when the group would leave some layer with no channels."""
+        """False when the group would leave some layer with no channels, or (with validation on)
+        when removing its channels breaks a trial forward pass on a weightless copy."""
         index = self._index
         for serial, positions in group.positions().items():
             if positions.numel() >= current_size(index.slot_exprs[serial]):
                 return False
+        trials = self._trial_runner()
+        if trials is not None and group.selections:
+            ok, reason = trials.passes(group.selections)
+            group.check_failure = None if ok else reason
+            return ok
         return True
+
+    def _trial_runner(self) -> Optional[Any]:
+        if not self._validate:
+            return None
+        if self._trials is None:
+            from .validate import TrialRunner
+
+            self._trials = TrialRunner(self, self._example_inputs, self._forward)
+        return self._trials if self._trials.available else None
 
     def _selections_for(self, slot: Slot, idxs: Sequence[int]) -> List[Tuple[Atom, torch.Tensor]]:
         from ..layer_handler import as_index_tensor
@@ -462,10 +474,12 @@ class DependencyGraph:
                 break
             cover = set(covered.tolist())
             if remaining & cover:
-                if atom.flags & FROZEN:
+                if not atom.prunable:
+                    hint = "" if atom.flags & FROZEN else (
+                        " (a structure hint such as num_heads, or DG.set_channel_structure, can allow it)")
                     raise GraphError(
                         f"channels {sorted(remaining & cover)[:8]} of {slot.describe()} cannot be pruned: "
-                        f"{'; '.join(atom.notes) or 'their size is fixed'}")
+                        f"{'; '.join(atom.notes) or 'their size is fixed'}{hint}")
                 chosen.append((atom, elems))
                 remaining -= cover
         if remaining:

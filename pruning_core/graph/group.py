@@ -96,6 +96,7 @@ class Group:
         self._items: Optional[List[GroupItem]] = None
         self._positions: Optional[Dict[int, torch.Tensor]] = None
         self._version = graph._version
+        self.check_failure: Optional[str] = None
 
     # -- members ------------------------------------------------------------------
     @property
@@ -150,6 +151,20 @@ class Group:
             raise GraphError("this group was computed before the model was pruned again; get a fresh group "
                              "(handle groups one at a time, do not keep them in a list)")
         self._graph._prune_selections(selections)
+
+    def soft_prune(self, idxs: Optional[Sequence[int]] = None) -> None:
+        """Zero the parameters of the group's channels instead of removing them.
+
+        The model keeps its shapes; the zeroed channels contribute nothing
+        through the layers that own them.
+        """
+        from .channels import slot_params, zero_positions
+
+        selections = self.selections if idxs is None else self._graph._selections_for(self.root_slot, idxs)
+        slots = {s.serial: s for s in self._graph._recorder.slots}
+        for serial, positions in self._graph._positions_for(selections).items():
+            for tensor, dim, to_channels in slot_params(slots[serial]):
+                zero_positions(tensor, dim, to_channels, positions)
 
     def __str__(self) -> str:
         lines = ["-" * 32, "          Pruning Group", "-" * 32]

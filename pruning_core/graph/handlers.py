@@ -121,6 +121,6 @@ def channel_params(handler: Any, layer: Any, side: str) -> List[ChannelParam]:
     fn = getattr(handler, "channel_params", None)
     if callable(fn):
         return [ChannelParam(*p) for p in fn(layer, side)]
-    from ..importance.probe import probe_channel_params  # scoring only; keeps tracing light
+    from .probe import probe_channel_params  # scoring only; keeps tracing light
 
     return probe_channel_params(handler, layer, side)

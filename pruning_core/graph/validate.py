@@ -85,12 +85,16 @@ class TrialRunner:
     def available(self) -> bool:
         return self.base is not None
 
-    def passes(self, atoms: Sequence[Atom]) -> Tuple[bool, str]:
-        """Remove the first channel of each atom on a fresh copy and run it."""
+    def passes(self, selections: Sequence[Any]) -> Tuple[bool, str]:
+        """Remove channels on a fresh copy and run it.
+
+        ``selections`` holds atoms (their first channel is removed) or ``(atom, elements)`` pairs.
+        """
         trial = copy.deepcopy(self.base)
         lookup = dict(trial.named_modules())
+        chosen = [item if isinstance(item, tuple) else (item, torch.tensor([0])) for item in selections]
         try:
-            self.graph._apply_selections_to(trial, lookup, [(a, torch.tensor([0])) for a in atoms])
+            self.graph._apply_selections_to(trial, lookup, chosen)
             with torch.no_grad():
                 output = self.forward(trial, self.inputs)
         except Exception as exc:
