@@ -172,7 +172,7 @@ class HandlerRegistry:
                 providers = " and ".join(str(s.provider) for s in self._conflicts[key])
                 raise PluginConflictError(
                     f"layer class {key} has handlers from both {providers}; uninstall or disable one "
-                    "(PRUNING_CORE_DISABLE_PLUGINS=name), or pass customized_pruners={cls: handler}"
+                    f"(PRUNING_CORE_DISABLE_PLUGINS=name), or pass customized_pruners={{{cls.__name__}: handler}}"
                 )
             if key in self._specs:
                 found = self._specs[key]
@@ -192,7 +192,8 @@ class PluginHub:
         self.infos: Dict[str, PluginInfo] = {}
         self._cache: Dict[str, Any] = {}
         self._lock = threading.RLock()
-        if _env_flag("PRUNING_CORE_TRACE_PLUGINS"):
+        self._tracing = _env_flag("PRUNING_CORE_TRACE_PLUGINS")
+        if self._tracing:
             self.pm.trace.root.setwriter(sys.stderr.write)
             self.pm.enable_tracing()
         for module_name in BUILTIN_PLUGINS:
@@ -288,6 +289,9 @@ class PluginHub:
             for item in items:
                 if item.provider is None:
                     item._stamp(info.provider)
+            if self._tracing:
+                sys.stderr.write(f"pruning_core: {hook_name}() in plugin {impl.plugin_name!r} "
+                                 f"returned {len(items)} record(s)\n")
             records.extend(items)
         return records
 

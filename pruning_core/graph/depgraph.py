@@ -589,7 +589,7 @@ class DependencyGraph:
                 if slot.is_param:
                     prune_parameter_handler.prune_attribute(owner, slot.target.attr, slot.dim, idxs)
                 else:
-                    slot_handler(slot)(owner, idxs)
+                    slot_handler(slot)(owner, idxs.tolist())  # the contract promises a list of ints
             current = None
             self._refresh_unhandled(members, owner_of)
             names = {self._module_names.get(id(slot.target.owner), ""): owner_of(slot) for slot in members}

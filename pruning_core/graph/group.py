@@ -128,6 +128,30 @@ class Group:
         return self.items[index]
 
     @property
+    def num_channels(self) -> int:
+        """How many independent channels (units) the group holds; ``channel_group`` picks among them."""
+        return sum(int(elems.numel()) for _, elems in self.selections)
+
+    def channel_group(self, channels: Sequence[int]) -> "Group":
+        """The same group restricted to some of its channels (``0 <= c < num_channels``).
+
+        A channel here is one unit of the coupled space: with heads or a
+        flattened feature map, one channel spans several positions of a layer.
+        """
+        wanted = sorted(set(int(c) for c in channels))
+        if wanted and (wanted[0] < 0 or wanted[-1] >= self.num_channels):
+            from ..errors import InvalidIndicesError
+
+            raise InvalidIndicesError(f"channel indices must be in 0..{self.num_channels - 1}, got {wanted}")
+        chosen, offset = [], 0
+        for atom, elems in self.selections:
+            local = [c - offset for c in wanted if offset <= c < offset + elems.numel()]
+            if local:
+                chosen.append((atom, elems[torch.tensor(local, dtype=torch.long)]))
+            offset += elems.numel()
+        return Group(self._graph, chosen, self.root_slot)
+
+    @property
     def root_idxs(self) -> List[int]:
         return self.positions().get(self.root_slot.serial, torch.empty(0, dtype=torch.long)).tolist()
 

@@ -41,5 +41,12 @@ def count_ops_and_params(model: nn.Module, example_inputs: Any, layer_wise: bool
     params = count_params(model)
     if not layer_wise:
         return macs, params
-    per_module = {name: sum(counts.values()) // 2 for name, counts in counter.get_flop_counts().items()}
+    # The counter names modules "RootClass.sub.module" and adds a "Global" total; use model-relative names.
+    root = type(model).__name__
+    per_module: Dict[str, int] = {}
+    for name, counts in counter.get_flop_counts().items():
+        if name == "Global":
+            continue
+        relative = "" if name == root else name[len(root) + 1:] if name.startswith(root + ".") else name
+        per_module[relative] = sum(counts.values()) // 2
     return macs, params, per_module

@@ -1,0 +1,292 @@
+"""Tracing that users cannot trip over: no autograd, any input/output form, meta tensors, clear refusals."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pruning_core as tp
+from pruning_core import _plugins
+from tests.helpers import oracle_check, run
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.bn(self.conv(x))))
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+def _conv_group(DG, model):
+    return DG.get_pruning_group(model.conv, tp.prune_conv_out_channels, idxs=[0, 3])
+
+
+def test_works_under_no_grad_with_frozen_parameters():
+    model = Small().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        DG = tp.DependencyGraph().build_dependency(model, X)
+        group = _conv_group(DG, model)
+        assert {item.dep.target.qualname for item in group} == {"conv", "bn", "head"}
+        group.prune()
+    assert not model.conv.weight.requires_grad
+    assert run(model, X).shape == (2, 4, 8, 8)
+
+
+def test_training_mode_trace_leaves_batchnorm_statistics_untouched():
+    model = Small().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tp.DependencyGraph().build_dependency(model, X)
+    after = model.state_dict()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+    assert model.training
+
+
+class MultiInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(6, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, first, second=None, scale=1.0):
+        return {"logits": self.out(F.relu(self.a(first) + self.b(second)) * scale)}
+
+
+@pytest.mark.parametrize("form", ["tuple", "list", "dict", "kwargs"])
+def test_inputs_as_tuple_list_dict_or_kwargs(form):
+    model = MultiInput()
+    first, second = torch.randn(3, 4), torch.randn(3, 6)
+    DG = tp.DependencyGraph()
+    if form == "tuple":
+        DG.build_dependency(model, (first, second))
+    elif form == "list":
+        DG.build_dependency(model, [first, second])
+    elif form == "dict":
+        DG.build_dependency(model, {"first": first, "second": second})
+    else:
+        DG.build_dependency(model, first, example_kwargs={"second": second, "scale": 2.0})
+    group = DG.get_pruning_group(model.a, tp.prune_linear_out_channels, idxs=[1, 2])
+    assert {item.dep.target.qualname for item in group} == {"a", "b", "out"}
+    group.prune()
+    assert model(first, second)["logits"].shape == (3, 2)
+
+
+@dataclasses.dataclass
+class Output:
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+class FakeModelOutput(collections.OrderedDict):
+    """Shaped like transformers' ModelOutput: an ordered dict with attribute access."""
+
+
+class OutputForms(nn.Module):
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        hidden = F.relu(self.fc1(x))
+        logits = self.fc2(hidden)
+        if self.form == "tuple":
+            return logits, logits.sum()
+        if self.form == "list":
+            return [logits]
+        if self.form == "dict":
+            return {"logits": logits}
+        if self.form == "dataclass":
+            return Output(logits, hidden)
+        return FakeModelOutput(logits=logits)
+
+
+@pytest.mark.parametrize("form", ["tuple", "list", "dict", "dataclass", "model_output"])
+def test_outputs_of_any_container_need_no_output_transform(form):
+    model = OutputForms(form)
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(2, 4))
+    groups = list(DG.get_all_groups())
+    if form == "dataclass":
+        # The hidden layer is returned too, so its width is part of the output: nothing to prune.
+        assert groups == []
+    else:
+        assert len(groups) == 1 and groups[0].root_slot.target.qualname == "fc1"
+    # Output channels are never pruned: the classifier keeps its 3 outputs.
+    with pytest.raises(tp.GraphError, match="model output"):
+        DG.get_pruning_group(model.fc2, tp.prune_linear_out_channels, idxs=[0])
+
+
+def test_output_transform_and_forward_fn_are_used():
+    model = OutputForms("dataclass")
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(2, 4), output_transform=lambda out: out.logits)
+    assert len(list(DG.get_all_groups())) == 1
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(2, 4), forward_fn=lambda m, x: m(x).logits)
+    assert len(list(DG.get_all_groups())) == 1
+
+
+def test_meta_device_graph_for_a_model_larger_than_ram():
+    # 24 layers of 16384 x 16384 fp32 would be 26 GB; on meta nothing is allocated.
+    with torch.device("meta"):
+        layers = [nn.Sequential(nn.Linear(16384, 16384), nn.GELU()) for _ in range(24)]
+        model = nn.Sequential(*layers, nn.Linear(16384, 10))
+        x = torch.randn(1, 16384)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    groups = list(DG.get_all_groups())
+    assert len(groups) == 24
+    groups[0].prune(idxs=list(range(0, 16384, 2)))
+    assert model[0][0].out_features == 8192 and model[1][0].in_features == 8192
+    assert model[0][0].weight.device.type == "meta"
+
+
+def test_transformer_encoder_fast_path_does_not_hide_layers():
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        DG = tp.DependencyGraph().build_dependency(model, x)
+    roots = {g.root_slot.target.qualname for g in DG.get_all_groups()}
+    assert {"layers.0.linear1", "layers.1.linear1"} <= roots
+    assert DG.unsupported_ops == []
+
+
+def test_unknown_operator_freezes_its_channels_and_is_reported():
+    class Spectral(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 8, 1)
+            self.mix = nn.Conv1d(8, 8, 1)
+            self.out = nn.Conv1d(5, 2, 1)
+
+        def forward(self, x):
+            y = self.mix(F.relu(self.conv(x)))
+            spectrum = torch.fft.rfft(y, dim=1).abs()  # mixes channels: not element-wise
+            return self.out(spectrum)
+
+    model = Spectral()
+    x = torch.randn(2, 3, 10)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    assert any("fft" in op.op for op in DG.unsupported_ops)
+    roots = {g.root_slot.target.qualname for g in DG.get_all_groups()}
+    assert roots == {"conv"}  # mix feeds the FFT: its channels stay
+    with pytest.raises(tp.GraphError, match="fft"):
+        DG.get_pruning_group(model.mix, tp.prune_conv_out_channels, idxs=[0])
+
+
+class Unhandled(nn.Module):
+    """A parametrised layer nobody registered a handler for, whose parameter goes through an unknown op."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, x):
+        return x @ torch.linalg.matrix_exp(self.weight)
+
+
+def test_unknown_parametrised_module_is_never_treated_as_elementwise():
+    model = nn.Sequential(nn.Linear(4, 8), Unhandled(), nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    assert list(DG.get_all_groups()) == []
+    assert any(op.scope == "1" for op in DG.unsupported_ops)
+    with pytest.raises(tp.NoHandlerError, match=r"no handler for 1 \(Unhandled\).*customized_pruners"):
+        DG.get_pruning_group(model[1], tp.prune_linear_out_channels, idxs=[0])
+
+
+def test_missing_handler_error_names_the_plugin_extra(monkeypatch):
+    framework_layer = type("FancyAttention", (Unhandled,), {"__module__": "transformers.models.fancy.modeling"})
+    model = nn.Sequential(nn.Linear(4, 8), framework_layer(), nn.Linear(8, 2))
+    monkeypatch.setenv("PRUNING_CORE_PLUGINS", "none")
+    _plugins.reset_hub()
+    try:
+        DG = tp.DependencyGraph().build_dependency(model, torch.randn(3, 4))
+        with pytest.raises(tp.NoHandlerError, match=r'pip install "pruning-core\[hf\]"'):
+            DG.get_pruning_group(model[1], tp.prune_linear_out_channels, idxs=[0])
+    finally:
+        monkeypatch.delenv("PRUNING_CORE_PLUGINS")
+        _plugins.reset_hub()
+
+
+def test_ambiguous_channel_dim_of_a_custom_layer_is_an_error_not_a_guess():
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(6, 6))
+
+        def forward(self, x):
+            return x @ self.w
+
+    class Handler:
+        def prune_out_channels(self, layer, idxs):
+            return layer
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer):
+            return 6
+
+        get_in_channels = get_out_channels
+
+    model = nn.Sequential(nn.Linear(6, 6), Mixer())
+    with pytest.raises(tp.GraphError, match="cannot tell which dimension.*channel_dim"):
+        tp.DependencyGraph().build_dependency(model, torch.randn(6, 6), customized_pruners={Mixer: Handler()})
+
+
+def test_wrapped_models_are_refused_with_the_unwrap_instruction():
+    model = Small()
+    with pytest.raises(tp.UnsupportedModelError, match="model.module"):
+        tp.DependencyGraph().build_dependency(nn.DataParallel(model), X)
+
+
+def test_weights_used_directly_by_the_parent_are_traced_through_the_weights():
+    class FunctionalAttn(nn.Module):
+        """Like torchvision's Swin: the projection modules are never called, their weights are."""
+
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(4, 8)
+            self.proj = nn.Linear(8, 8)
+            self.out = nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.out(F.relu(F.linear(h, self.proj.weight, self.proj.bias)))
+
+    model = FunctionalAttn()
+    x = torch.randn(3, 4)
+    oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.inp, tp.prune_linear_out_channels, idxs=[1]))
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    DG.get_pruning_group(model.inp, tp.prune_linear_out_channels, idxs=[1]).prune()
+    assert model.proj.in_features == 7  # attributes follow the weights
+
+
+def test_repeated_blocks_give_proportional_structure():
+    def build(depth):
+        model = nn.Sequential(*[nn.Sequential(nn.Linear(64, 64), nn.ReLU()) for _ in range(depth)])
+        DG = tp.DependencyGraph().build_dependency(model, torch.randn(2, 64), validate=False)
+        groups = list(DG.get_all_groups())
+        sizes = [len(g) for g in groups]
+        return len(DG._recorder.nodes) - 2, len(groups), max(sizes)
+
+    small, large = build(8), build(64)
+    # Per-layer structure is constant, so graph size is proportional to depth and each group stays local.
+    # (Wall-clock scaling is measured in benchmarks/, not asserted here.)
+    assert large[0] == 8 * small[0]
+    assert large[1] + 1 == 8 * (small[1] + 1)  # the last layer feeds the output
+    assert large[2] == small[2] == 2
