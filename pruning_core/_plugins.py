@@ -132,7 +132,7 @@ class NamedRegistry:
         try:
             return self._specs[key]
         except KeyError:
-            close = difflib.get_close_matches(key, self._specs, n=3)
+            close = difflib.get_close_matches(key, self._specs, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(self.names())}"

@@ -90,17 +90,17 @@ class DependencyGraph:
         self.model: Optional[nn.Module] = None
         self._recorder: Optional[Recorder] = None
         self._index_cache: Optional[_Index] = None
-        self._version = 0
         self._customized: Dict[type, Any] = {}
         self._hub: Optional[_plugins.PluginHub] = None
         self._module_names: Dict[int, str] = {}
         self._shared_params: List[List[Tuple[nn.Module, str]]] = []
-        self.history: List[Tuple[str, str, List[int]]] = []
+        self.history: List[Dict[str, Any]] = []
         self._example_inputs: Any = None
         self._forward: Optional[Callable[[nn.Module, Any], Any]] = None
         self._validate = True
         self._checked_atoms: Set[Atom] = set()
         self._trials: Optional[Any] = None
+        self.head_atoms: Set[Atom] = set()
 
     # -- building -----------------------------------------------------------------
     def build_dependency(self, model: nn.Module, example_inputs: Any = None,
@@ -169,7 +169,6 @@ class DependencyGraph:
         self._link_shared_parameters(model, recorder)
         self._freeze_unlinked(recorder)
         self._index_cache = None
-        self._version += 1
         return self
 
     def _check_inputs(self, model: nn.Module, example_inputs: Any) -> None:
@@ -340,6 +339,7 @@ class DependencyGraph:
             group_atom, inner = found
         if prunable_groups:
             space.mark(group_atom, UNLOCKED)
+            self.head_atoms.update(leaves(group_atom))
         else:
             space.mark(group_atom, STRUCTURED, f"{slot.describe()}: whole heads are kept")
         if prunable_within:
@@ -449,7 +449,8 @@ class DependencyGraph:
             self._trials = TrialRunner(self, self._example_inputs, self._forward)
         return self._trials if self._trials.available else None
 
-    def _selections_for(self, slot: Slot, idxs: Sequence[int]) -> List[Tuple[Atom, torch.Tensor]]:
+    def _selections_for(self, slot: Slot, idxs: Sequence[int], trusted: bool = False
+                        ) -> List[Tuple[Atom, torch.Tensor]]:
         from ..layer_handler import as_index_tensor
 
         expr = self._index.slot_exprs[slot.serial]
@@ -465,16 +466,17 @@ class DependencyGraph:
             if elems.numel() == 0:
                 continue
             covered = torch.nonzero(torch.isin(c, elems)).reshape(-1)
-            candidates.append((not atom.prunable, covered.numel(), atom, elems, covered))
-        candidates.sort(key=lambda item: item[:2])
+            exact = bool(torch.isin(covered, requested).all())  # removes nothing beyond the request
+            candidates.append((not exact, not atom.prunable, covered.numel(), atom, elems, covered))
+        candidates.sort(key=lambda item: item[:3])
         remaining = set(requested.tolist())
         chosen: List[Tuple[Atom, torch.Tensor]] = []
-        for _, _, atom, elems, covered in candidates:
+        for _, _, _, atom, elems, covered in candidates:
             if not remaining:
                 break
             cover = set(covered.tolist())
             if remaining & cover:
-                if not atom.prunable:
+                if not atom.prunable and not (trusted and not atom.flags & FROZEN):
                     hint = "" if atom.flags & FROZEN else (
                         " (a structure hint such as num_heads, or DG.set_channel_structure, can allow it)")
                     raise GraphError(
@@ -541,7 +543,7 @@ class DependencyGraph:
         return None
 
     # -- pruning ----------------------------------------------------------------------
-    def _prune_selections(self, selections: Sequence[Tuple[Atom, torch.Tensor]]) -> None:
+    def _prune_selections(self, selections: Sequence[Tuple[Atom, torch.Tensor]], root: Optional[Slot] = None) -> None:
         if not selections:
             return
         index = self._index
@@ -566,14 +568,10 @@ class DependencyGraph:
         except Exception as exc:
             snapshot.restore()
             raise PruneFailedError(f"tied parameters could not be kept tied: {exc}. The model was restored.") from exc
-        for atom, elems in selections:
-            alive = atom.alive.clone() if atom.alive is not None else torch.ones(atom.size, dtype=torch.bool)
-            live = torch.nonzero(alive).reshape(-1)
-            alive[live[elems]] = False
-            atom.alive = alive
-        self._version += 1
-        for slot in members:
-            self.history.append((slot.describe(), slot.kind, positions[slot.serial].tolist()))
+        _mark_removed(selections)
+        root = root if root is not None and root.serial in positions else members[0]
+        self.history.append({"module": root.target.name, "attr": root.target.attr, "kind": root.kind,
+                             "dim": root.dim, "idxs": positions[root.serial].tolist()})
 
     def _apply(self, model: nn.Module, members: Sequence[Slot], positions: Dict[int, torch.Tensor],
                owner_of: Callable[[Slot], nn.Module]) -> None:
@@ -649,6 +647,34 @@ class DependencyGraph:
             for module, attr in group:
                 module._parameters[attr] = chosen
 
+    def replay(self, history: Sequence[Dict[str, Any]]) -> None:
+        """Apply a recorded pruning history (``DG.history``) to this graph's model, in order.
+
+        Use it on a freshly built copy of the unpruned model to rebuild a pruned one.
+        """
+        modules = dict(self.model.named_modules())
+        for number, entry in enumerate(history):
+            try:
+                owner = modules[entry["module"]]
+                if entry.get("attr"):
+                    target: Any = getattr(owner, entry["attr"])
+                    fn = _param_fn(entry.get("dim", 0))
+                else:
+                    target = owner
+                    fn = _module_fn(entry["kind"])
+                slot = self._slot_for(target, fn) if not entry.get("attr") else self._param_slot(target, entry["dim"])
+                selections = self._selections_for(slot, entry["idxs"], trusted=True)
+            except (KeyError, AttributeError, TypeError) as exc:
+                raise ConfigurationError(f"pruning history entry {number} does not match this model "
+                                         f"({type(exc).__name__}: {exc}): {entry!r:.200}") from None
+            self._prune_selections(selections, slot)
+
+    def _param_slot(self, tensor: torch.Tensor, dim: int) -> Slot:
+        for slot in self._recorder.param_slots.get(id(tensor), []):
+            if slot.dim == dim:
+                return slot
+        raise ConfigurationError(f"parameter has no traced dim {dim}")
+
     # -- reporting ----------------------------------------------------------------------
     def frozen_reasons(self) -> Dict[str, List[str]]:
         """For each module slot with fixed channels, why they are fixed (for ``inspect``)."""
@@ -661,6 +687,27 @@ class DependencyGraph:
             if notes:
                 out[f"{slot.describe()} [{slot.kind}]"] = notes
         return out
+
+
+def _mark_removed(selections: Sequence[Tuple[Atom, torch.Tensor]]) -> None:
+    """Record that these atom elements (current coordinates) are gone."""
+    for atom, elems in selections:
+        alive = atom.alive.clone() if atom.alive is not None else torch.ones(atom.size, dtype=torch.bool)
+        live = torch.nonzero(alive).reshape(-1)
+        alive[live[elems]] = False
+        atom.alive = alive
+
+
+def _module_fn(kind: str) -> Callable:
+    from ..builtin.handlers.linear import prune_linear_handler
+
+    return prune_linear_handler.prune_in_channels if kind == "in" else prune_linear_handler.prune_out_channels
+
+
+def _param_fn(dim: int) -> Callable:
+    from ..builtin.handlers.parameter import prune_parameter_handler
+
+    return prune_parameter_handler.prune_in_channels if dim == 1 else prune_parameter_handler.prune_out_channels
 
 
 def _repeated_in_product(expr: Any) -> Set[Atom]:

@@ -95,7 +95,7 @@ class Group:
         self.root_slot = root
         self._items: Optional[List[GroupItem]] = None
         self._positions: Optional[Dict[int, torch.Tensor]] = None
-        self._version = graph._version
+        self._states = [atom.alive for atom, _ in self.selections]  # identity changes when an atom is pruned
         self.check_failure: Optional[str] = None
 
     # -- members ------------------------------------------------------------------
@@ -168,13 +168,13 @@ class Group:
         All-or-nothing: if any handler or hook fails, every module is restored
         and :class:`pruning_core.PruneFailedError` names the one that failed.
         """
-        selections = self.selections if idxs is None else self._graph._selections_for(self.root_slot, idxs)
-        if self._graph._version != self._version and idxs is None:
+        if idxs is None and any(atom.alive is not state for (atom, _), state in zip(self.selections, self._states)):
             from ..errors import GraphError
 
-            raise GraphError("this group was computed before the model was pruned again; get a fresh group "
+            raise GraphError("these channels were pruned since this group was made; get a fresh group "
                              "(handle groups one at a time, do not keep them in a list)")
-        self._graph._prune_selections(selections)
+        selections = self.selections if idxs is None else self._graph._selections_for(self.root_slot, idxs)
+        self._graph._prune_selections(selections, self.root_slot)
 
     def soft_prune(self, idxs: Optional[Sequence[int]] = None) -> None:
         """Zero the parameters of the group's channels instead of removing them.

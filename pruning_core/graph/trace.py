@@ -422,6 +422,28 @@ def _install_hooks(model: torch.nn.Module, recorder: Recorder) -> List[Any]:
     return handles
 
 
+class EvalWhereHandlersAsk:
+    """Context manager: layers whose handler sets ``trace_in_eval`` run in eval mode.
+
+    A layer's train/eval mode can change what it computes without changing
+    which channels it couples; BatchNorm in training mode would otherwise reject
+    a batch of one and update its running statistics.
+    """
+
+    def __init__(self, model: torch.nn.Module, handler_of: Callable[[torch.nn.Module], Any]) -> None:
+        self.switched = [m for m in model.modules()
+                         if m.training and getattr(handler_of(m), "trace_in_eval", False)]
+
+    def __enter__(self) -> "EvalWhereHandlersAsk":
+        for module in self.switched:
+            module.training = False
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for module in self.switched:
+            module.training = True
+
+
 def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
               forward_fn: Optional[Callable[[torch.nn.Module, Any], Any]],
               output_transform: Optional[Callable[[Any], Any]]) -> Any:
@@ -441,7 +463,8 @@ def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # fused encoder kernels would hide the layers
     try:
-        with torch.no_grad(), _DispatchTracer(recorder):
+        with torch.no_grad(), EvalWhereHandlersAsk(model, lambda m: recorder.handlers.get(id(m))), \
+                _DispatchTracer(recorder):
             if forward_fn is not None:
                 output = forward_fn(model, example_inputs)
             elif isinstance(example_inputs, dict):

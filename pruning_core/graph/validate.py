@@ -66,13 +66,18 @@ class TrialRunner:
             try:
                 candidate = make_copy(model)
                 inputs = make_inputs(example_inputs)
-                with torch.no_grad():
-                    output = forward(candidate, inputs)
+                output = self._run(candidate, inputs)
             except Exception as exc:  # data-dependent models cannot run on meta
                 self.reason = f"{type(exc).__name__}: {exc}"
                 continue
             self.base, self.inputs, self.reference = candidate, inputs, _shapes(output)
             break
+
+    def _run(self, model: nn.Module, inputs: Any) -> Any:
+        from .trace import EvalWhereHandlersAsk
+
+        with torch.no_grad(), EvalWhereHandlersAsk(model, self.graph._resolve_handler):
+            return self.forward(model, inputs)
 
     @staticmethod
     def _real_copy(model: nn.Module) -> nn.Module:
@@ -92,13 +97,20 @@ class TrialRunner:
         """
         trial = copy.deepcopy(self.base)
         lookup = dict(trial.named_modules())
+        from .depgraph import _mark_removed
+
         chosen = [item if isinstance(item, tuple) else (item, torch.tensor([0])) for item in selections]
+        saved = [(atom, atom.alive) for atom, _ in chosen]
         try:
-            self.graph._apply_selections_to(trial, lookup, chosen)
-            with torch.no_grad():
-                output = self.forward(trial, self.inputs)
+            for selection in chosen:  # one group at a time, as real pruning does
+                self.graph._apply_selections_to(trial, lookup, [selection])
+                _mark_removed([selection])
+            output = self._run(trial, self.inputs)
         except Exception as exc:
             return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        finally:
+            for atom, alive in saved:
+                atom.alive = alive
         if _shapes(output) != self.reference:
             return False, "the output shape changed"
         return True, ""

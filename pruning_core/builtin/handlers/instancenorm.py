@@ -17,6 +17,7 @@ class InstanceNormPruner(CoupledPruningFunc):
     """Prunes the optional affine parameters and running statistics of instance norms."""
 
     TARGET_MODULES = (nn.modules.instancenorm._InstanceNorm,)
+    trace_in_eval = True
 
     def get_out_channels(self, layer: nn.Module) -> int:
         return layer.num_features

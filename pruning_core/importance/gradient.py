@@ -1,0 +1,97 @@
+"""Gradient-based criteria: first-order Taylor and a diagonal Hessian (Fisher) estimate."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from ..errors import ConfigurationError
+from .base import GroupView, Importance, MemberTensor
+
+
+class GroupTaylorImportance(Importance):
+    """``|w * dL/dw|`` summed over each channel's parameters: the first-order change of the loss.
+
+    Run ``loss.backward()`` on real data before scoring.
+
+    :param multivariable: score a channel by ``|sum(w * g)|`` (its joint removal)
+        instead of ``sum(|w * g|)``.
+    """
+
+    name = "taylor"
+
+    def __init__(self, group_reduction: Optional[str] = "mean", normalizer: Optional[str] = "mean",
+                 multivariable: bool = False, bias: bool = False) -> None:
+        super().__init__(group_reduction, normalizer, bias)
+        self.multivariable = multivariable
+
+    def member_scores(self, view: GroupView, member: MemberTensor) -> Optional[torch.Tensor]:
+        param = member.param
+        if param.grad is None:
+            if isinstance(param, nn.Parameter) and param.requires_grad:
+                raise ConfigurationError(
+                    f"{member.slot.describe()}: {member.name or 'parameter'} has no gradient; "
+                    "call loss.backward() before scoring with GroupTaylorImportance")
+            return None
+        product = (param.detach() * param.grad.detach())
+        if self.multivariable:
+            summed = view.unit_scores(member, product, lambda rows: rows.sum(1))
+            return None if summed is None else summed.abs()
+        return view.unit_scores(member, product, lambda rows: rows.abs().sum(1))
+
+
+class GroupHessianImportance(Importance):
+    """Optimal-brain-damage style ``w^2 * H_diag``, with ``H_diag`` the mean squared per-sample gradient.
+
+    For each calibration sample: ``loss.backward(); imp.accumulate_grad(model)``, then
+    ``imp.zero_grad()`` before the next pruning round.
+    """
+
+    name = "hessian"
+
+    def __init__(self, group_reduction: Optional[str] = "mean", normalizer: Optional[str] = "mean",
+                 bias: bool = False) -> None:
+        super().__init__(group_reduction, normalizer, bias)
+        self._accumulated: Dict[int, torch.Tensor] = {}
+        self._counts: Dict[int, int] = {}
+
+    def zero_grad(self) -> None:
+        self._accumulated.clear()
+        self._counts.clear()
+
+    @torch.no_grad()
+    def accumulate_grad(self, model: nn.Module) -> None:
+        """Add the current gradients (squared) to the running estimate, then clear them."""
+        for param in model.parameters():
+            if param.grad is None:
+                continue
+            key = id(param)
+            squared = param.grad.detach().pow(2)
+            if key in self._accumulated and self._accumulated[key].shape == squared.shape:
+                self._accumulated[key] += squared
+                self._counts[key] += 1
+            else:
+                self._accumulated[key] = squared.clone()
+                self._counts[key] = 1
+            param.grad = None
+
+    def member_scores(self, view: GroupView, member: MemberTensor) -> Optional[torch.Tensor]:
+        key = id(member.param)
+        if key in self._accumulated:
+            hessian = self._accumulated[key] / self._counts[key]
+        elif member.param.grad is not None:
+            hessian = member.param.grad.detach().pow(2)
+        else:
+            if isinstance(member.param, nn.Parameter) and member.param.requires_grad:
+                raise ConfigurationError(
+                    f"{member.slot.describe()}: no accumulated gradients; call loss.backward() and "
+                    "imp.accumulate_grad(model) for each calibration sample")
+            return None
+        if hessian.shape != member.param.shape:
+            return None
+        return view.unit_scores(member, member.param.detach().pow(2) * hessian, lambda rows: rows.sum(1))
+
+
+__all__ = ["GroupTaylorImportance", "GroupHessianImportance"]

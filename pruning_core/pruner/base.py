@@ -1,0 +1,218 @@
+"""``BasePruner``: score every group, remove the lowest-scoring channels, step by step."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .. import _plugins
+from ..errors import ConfigurationError
+from ..graph.depgraph import DependencyGraph, expand_ignored
+from ..graph.dims import current_size
+from ..graph.group import Group
+from ..importance.base import Importance
+from .options import PruningOptions
+from .planning import PlannedGroup, group_for, plan_step, resolve_ratio
+
+
+def resolve_importance(importance: Any) -> Any:
+    """An importance object from an instance, a class, or a registered name ("l2", "taylor", ...)."""
+    if importance is None:
+        from ..importance import GroupMagnitudeImportance
+
+        return GroupMagnitudeImportance(p=2)
+    if isinstance(importance, str):
+        from ..importance import create
+
+        return create(importance)
+    if isinstance(importance, type):
+        return importance()
+    if not callable(importance):
+        raise ConfigurationError(f"importance must be a criterion, a criterion class or a name, got {importance!r}")
+    return importance
+
+
+class BasePruner:
+    """Prunes a model to a target ratio with any importance criterion.
+
+    The keyword arguments are Torch-Pruning's; see :class:`PruningOptions` for
+    each. The main ones: ``pruning_ratio`` (fraction of channels removed from
+    every group), ``global_pruning`` (rank channels of all groups together),
+    ``pruning_ratio_dict`` (per-layer or per-block ratios; a tuple of modules
+    shares one ratio and one ranking), ``ignored_layers`` (their output channels
+    are never removed; their inputs follow their producers), ``iterative_steps``,
+    ``round_to``, ``num_heads`` with ``prune_num_heads``/``prune_head_dims``.
+    """
+
+    default_importance: Optional[str] = None
+
+    def __init__(self, model: nn.Module, example_inputs: Any, importance: Any = None, **kwargs: Any) -> None:
+        self.options = PruningOptions.from_kwargs(**kwargs)
+        self.model = model
+        self.example_inputs = example_inputs
+        if importance is None and self.default_importance is not None:
+            importance = self.default_importance
+        self.importance = resolve_importance(importance)
+        options = self.options
+        self.DG = DependencyGraph().build_dependency(
+            model, example_inputs, forward_fn=options.forward_fn, output_transform=options.output_transform,
+            unwrapped_parameters=options.unwrapped_parameters, customized_pruners=options.customized_pruners,
+            validate=options.validate)
+        self.ignored_layers = list(options.ignored_layers)
+        self._apply_structure()
+        self.current_step = 0
+        self._groups = self._plan_groups()
+
+    # -- seed-compatible attributes -------------------------------------------------
+    @property
+    def pruning_ratio(self) -> float:
+        return self.options.pruning_ratio
+
+    @property
+    def iterative_steps(self) -> int:
+        return self.options.iterative_steps
+
+    @property
+    def groups(self) -> List[PlannedGroup]:
+        """The groups this pruner manages (after ignoring and structure hints)."""
+        return list(self._groups)
+
+    # -- set-up --------------------------------------------------------------------
+    def _apply_structure(self) -> None:
+        """User structure arguments first, then what plugins know (heads, output heads to keep)."""
+        options, DG = self.options, self.DG
+        heads = dict(options.num_heads)
+        head_flags: Dict[int, Any] = {}
+        for hint in _plugins.get_hub().structure_hints(self.model):
+            if hint.keep and hint.module is not None:
+                self.ignored_layers.append(hint.module)
+            if hint.num_heads and hint.module not in heads:
+                heads[hint.module] = hint.num_heads
+                head_flags[id(hint.module)] = hint
+        for module, count in heads.items():
+            hint = head_flags.get(id(module))
+            by_heads = options.prune_num_heads if hint is None or hint.prunable_heads is None else hint.prunable_heads
+            within = options.prune_head_dims if hint is None or hint.prunable_head_dims is None \
+                else hint.prunable_head_dims
+            DG.set_channel_structure(module, count, "out", prunable_groups=by_heads, prunable_within=within,
+                                     group_size=hint.head_dim if hint is not None else None)
+        for side, table in (("out", options.out_channel_groups), ("in", options.in_channel_groups)):
+            for module, count in table.items():
+                DG.set_channel_structure(module, count, side, prunable_groups=False, prunable_within=True)
+
+    def _plan_groups(self) -> List[PlannedGroup]:
+        options = self.options
+        expand_ignored(self.ignored_layers, self.model)  # validates: raises on foreign modules
+        planned: List[PlannedGroup] = []
+        for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers,
+                                            root_module_types=options.root_module_types):
+            atom = group.atoms[0]
+            owner = group.root_slot.target.owner
+            is_head = atom in self.DG.head_atoms
+            if is_head:
+                ratio, scope = resolve_ratio(owner, options.head_pruning_ratio_dict, options.head_pruning_ratio, "heads")
+            else:
+                ratio, scope = resolve_ratio(owner, options.pruning_ratio_dict, options.pruning_ratio, "tuple")
+            if scope is None:
+                if options.global_pruning:
+                    scope = ("global", "heads" if is_head else "channels")
+                else:
+                    scope = ("local", len(planned))
+            root_size = current_size(self.DG._index.slot_exprs[group.root_slot.serial])
+            planned.append(PlannedGroup(atom, group.root_slot, atom.current_size, ratio, scope, is_head,
+                                        max(1, root_size // max(1, atom.current_size))))
+        if options.global_pruning and options.isomorphic:
+            signatures: Dict[Any, int] = {}
+            for group in planned:
+                if group.scope[0] == "global":
+                    group.scope = ("global", signatures.setdefault(self._signature(group), len(signatures)))
+        return planned
+
+    def _signature(self, planned: PlannedGroup) -> Any:
+        """Groups with the same members (layer types and sizes) are isomorphic."""
+        group = Group(self.DG, [(planned.atom, torch.arange(planned.atom.current_size))], planned.root)
+        return tuple(sorted((type(item.dep.target.owner).__name__, item.dep.slot.kind, len(item.idxs))
+                            for item in group))
+
+    # -- scoring ---------------------------------------------------------------------
+    def full_group(self, planned: PlannedGroup) -> Group:
+        return Group(self.DG, [(planned.atom, torch.arange(planned.atom.current_size))], planned.root)
+
+    def estimate_importance(self, group: Union[Group, PlannedGroup]) -> torch.Tensor:
+        """One score per channel of ``group`` (higher is more important)."""
+        if isinstance(group, PlannedGroup):
+            group = self.full_group(group)
+        scores = self.importance(group)
+        scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1)
+        if scores.numel() != group.num_channels:
+            raise ConfigurationError(
+                f"{type(self.importance).__name__} returned {scores.numel()} scores for a group of "
+                f"{group.num_channels} channels rooted at {group.root_slot.describe()}")
+        return scores
+
+    def get_all_groups(self) -> Iterator[Group]:
+        """The groups this pruner would prune, with all their channels."""
+        for planned in self._groups:
+            if planned.current > 0:
+                yield self.full_group(planned)
+
+    # -- pruning -----------------------------------------------------------------------
+    def step(self, interactive: bool = False) -> Optional[Iterator[Group]]:
+        """Advance one iterative step: remove the scheduled fraction of channels.
+
+        With ``interactive=True``, return the groups to prune instead; call
+        ``group.prune()`` (or ``group.soft_prune()``, or ``group.prune(idxs=...)``)
+        on each, one at a time.
+        """
+        if self.current_step >= self.options.iterative_steps:
+            import warnings
+
+            from .planning import PruningWarning
+
+            warnings.warn(f"all {self.options.iterative_steps} iterative steps are done; step() does nothing",
+                          PruningWarning, stacklevel=2)
+            return iter(()) if interactive else None
+        self.current_step += 1
+        plan = plan_step(self._groups, self.current_step, self.options, self._score_planned)
+        if interactive:
+            return self._yield_groups(plan)
+        for planned, idxs in plan:
+            if idxs:
+                group = group_for(self.DG, planned, idxs)
+                group.prune()
+        return None
+
+    def _score_planned(self, planned: PlannedGroup) -> torch.Tensor:
+        return self.estimate_importance(planned)
+
+    def _yield_groups(self, plan: Sequence) -> Iterator[Group]:
+        for planned, idxs in plan:
+            if idxs:
+                yield group_for(self.DG, planned, idxs)
+
+    # -- sparse training (no-ops here; see the regularizing pruners) -------------------------
+    def update_regularizer(self) -> None:
+        """Refresh regularization targets; call at the start of each training epoch."""
+
+    def regularize(self, model: Optional[nn.Module] = None, loss: Any = None, **kwargs: Any) -> None:
+        """Add the sparsity regularizer's gradient to ``.grad``; call after ``loss.backward()``."""
+
+    # -- history ---------------------------------------------------------------------------
+    def pruning_history(self) -> List[Dict[str, Any]]:
+        """Everything removed so far, in order; JSON-friendly."""
+        return [dict(entry) for entry in self.DG.history]
+
+    def load_pruning_history(self, history: Sequence[Dict[str, Any]]) -> None:
+        """Replay a history on this pruner's (unpruned) model."""
+        self.DG.replay(history)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(groups={len(self._groups)}, pruning_ratio={self.options.pruning_ratio}, "
+                f"global_pruning={self.options.global_pruning}, step={self.current_step}/"
+                f"{self.options.iterative_steps}, importance={type(self.importance).__name__})")
+
+
+__all__ = ["BasePruner", "resolve_importance"]
