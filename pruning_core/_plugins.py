@@ -61,6 +61,7 @@ BUILTIN_PLUGINS: Tuple[str, ...] = (
     "pruning_core.builtin.ops.reductions",
     "pruning_core.builtin.ops.factory",
     "pruning_core.builtin.known_frameworks",
+    "pruning_core.builtin.torchvision_fixups",
     "pruning_core.builtin.importance",
     "pruning_core.builtin.pruners",
 )

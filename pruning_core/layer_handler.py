@@ -32,11 +32,13 @@ def as_index_tensor(idxs: Any, size: int, where: str) -> torch.Tensor:
         if isinstance(idxs, (str, bytes)) or not isinstance(idxs, Iterable):
             raise InvalidIndicesError(f"{where}: pruning indices must be a list of ints, got {type(idxs).__name__}")
         items = list(idxs)
-        for item in items:
-            if isinstance(item, bool) or not isinstance(item, numbers.Integral):
-                raise InvalidIndicesError(
-                    f"{where}: pruning indices must be ints, got {item!r} ({type(item).__name__})")
-        values = torch.tensor([int(i) for i in items], dtype=torch.long)
+        if not all(type(item) is int for item in items):  # fast path for plain ints
+            for item in items:
+                if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+                    raise InvalidIndicesError(
+                        f"{where}: pruning indices must be ints, got {item!r} ({type(item).__name__})")
+            items = [int(i) for i in items]
+        values = torch.tensor(items, dtype=torch.long)
     if values.numel():
         low, high = int(values.min()), int(values.max())
         if low < 0 or high >= size:

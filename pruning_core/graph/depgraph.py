@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from .. import _plugins
+from .._gc import without_gc
 from ..errors import (ConfigurationError, EmptyLayerError, GraphError, InvalidIndicesError, NoHandlerError,
                       PruneFailedError, PruningError, TracingError, UnsupportedModelError)
 from . import handlers as hv
-from .dims import FROZEN, STRUCTURED, UNLOCKED, Atom, coords, current_size, leaves, resolve
+from .dims import FROZEN, STRUCTURED, UNLOCKED, Atom, atom_offsets, coords, current_size, leaves, resolve
 from .group import Group, slot_handler
 from .rules import pointwise
 from .slots import Slot
@@ -66,6 +67,8 @@ class _Index:
             for expr in dims:
                 found.update(leaves(expr))
             self.tensor_atoms.append(found)
+        self.slots_by_serial: Dict[int, Slot] = {slot.serial: slot for slot in recorder.slots}
+        self.coords_cache: Dict[Tuple[int, int], Tuple[Tuple[Any, ...], torch.Tensor]] = {}
         self.producer: Dict[int, int] = {}
         self.consumers: Dict[int, List[int]] = collections.defaultdict(list)
         for index, node in enumerate(recorder.nodes):
@@ -96,6 +99,7 @@ class DependencyGraph:
         self._shared_params: List[List[Tuple[nn.Module, str]]] = []
         self.history: List[Dict[str, Any]] = []
         self._example_inputs: Any = None
+        self._shapes_on_meta = False
         self._forward: Optional[Callable[[nn.Module, Any], Any]] = None
         self._validate = True
         self._checked_atoms: Set[Atom] = set()
@@ -103,6 +107,7 @@ class DependencyGraph:
         self.head_atoms: Set[Atom] = set()
 
     # -- building -----------------------------------------------------------------
+    @without_gc
     def build_dependency(self, model: nn.Module, example_inputs: Any = None,
                          forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None,
                          output_transform: Optional[Callable[[Any], Any]] = None,
@@ -149,6 +154,36 @@ class DependencyGraph:
                 user_fn = forward_fn
                 inputs = (tuple(positional), dict(example_kwargs))
                 forward_fn = user_fn or (lambda m, x: m(*x[0], **x[1]))
+        recorder = self._trace(model, inputs, forward_fn, output_transform)
+        self._recorder = recorder
+        self._module_names = dict(recorder.module_names)
+        self._lookup = dict(model.named_modules())
+        self._example_inputs = inputs
+        self._forward = _make_forward(forward_fn, output_transform)
+        self._validate = validate
+        self._checked_atoms = set()
+        self._trials = None
+        self._link_shared_parameters(model, recorder)
+        self._freeze_unlinked(recorder)
+        self._index_cache = None
+        return self
+
+    def _trace(self, model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output_transform: Optional[Callable]
+               ) -> Recorder:
+        """Trace on meta twins of the weights (shapes only, no arithmetic); on real tensors if that fails."""
+        from .meta import to_meta, weights_on_meta
+
+        self._shapes_on_meta = False
+        try:
+            with weights_on_meta(model):
+                recorder = Recorder(model, self._resolve_handler, self._rule_for, pointwise)
+                run_trace(model, recorder, to_meta(inputs), forward_fn, output_transform, on_meta=True)
+            self._shapes_on_meta = True
+            return recorder
+        except PruningError:
+            raise
+        except Exception:
+            pass  # value-dependent forward (.item(), data-dependent shapes): trace with real tensors
         recorder = Recorder(model, self._resolve_handler, self._rule_for, pointwise)
         try:
             run_trace(model, recorder, inputs, forward_fn, output_transform)
@@ -159,17 +194,7 @@ class DependencyGraph:
             raise TracingError(
                 f"the forward pass failed while tracing{f' in {where}' if where else ''}: "
                 f"{type(exc).__name__}: {exc}. Check example_inputs, or pass forward_fn(model, inputs)") from exc
-        self._recorder = recorder
-        self._module_names = dict(recorder.module_names)
-        self._example_inputs = inputs
-        self._forward = _make_forward(forward_fn, output_transform)
-        self._validate = validate
-        self._checked_atoms = set()
-        self._trials = None
-        self._link_shared_parameters(model, recorder)
-        self._freeze_unlinked(recorder)
-        self._index_cache = None
-        return self
+        return recorder
 
     def _check_inputs(self, model: nn.Module, example_inputs: Any) -> None:
         from .trace import iter_tensors
@@ -371,8 +396,8 @@ class DependencyGraph:
     def _has_weights(self, atom: Atom) -> bool:
         return any(slot.kind != "buffer" for slot in self._index.atom_slots.get(atom, ()))
 
-    def get_all_groups(self, ignored_layers: Sequence[Any] = (), root_module_types: Sequence[type] = DEFAULT_ROOT_TYPES
-                       ) -> Iterator[Group]:
+    def get_all_groups(self, ignored_layers: Sequence[Any] = (), root_module_types: Sequence[type] = DEFAULT_ROOT_TYPES,
+                       validate: Optional[bool] = None) -> Iterator[Group]:
         """Yield each group of coupled channels once, rooted at a layer of ``root_module_types``.
 
         Channels of ignored layers' outputs (and ignored parameters) are never
@@ -380,7 +405,8 @@ class DependencyGraph:
         all its channels; call ``group.prune(idxs=...)`` to remove some.
         """
         protected = self.protected_atoms(ignored_layers)
-        self.validate_groups(protected)
+        if validate if validate is not None else self._validate:
+            self.validate_groups(protected)
         seen: Set[Atom] = set()
         root_types = tuple(root_module_types)
         for module in self.model.modules():
@@ -395,8 +421,6 @@ class DependencyGraph:
 
     def validate_groups(self, protected: Set[Atom] = frozenset()) -> Dict[Atom, str]:
         """Freeze every candidate group whose removal breaks a trial forward pass; return them with reasons."""
-        if not self._validate:
-            return {}
         candidates = [atom for atom, slots in self._index.atom_slots.items()
                       if atom not in self._checked_atoms and atom not in protected and atom.prunable
                       and atom.current_size > 1 and self._has_weights(atom)]
@@ -489,16 +513,36 @@ class DependencyGraph:
                              "(their size is fixed by the model's inputs, outputs or code)")
         return chosen
 
+    def slot_coords(self, slot: Slot, atom: Atom) -> torch.Tensor:
+        """Coordinates along ``atom`` of every current position of ``slot`` (-1 where it does not occur).
+
+        Cached until one of the slot's atoms is pruned.
+        """
+        index = self._index
+        key = (slot.serial, atom.serial)
+        state = tuple(a.alive for a in index.slot_atoms[slot.serial])
+        cached = index.coords_cache.get(key)
+        if cached is not None and len(cached[0]) == len(state) and all(x is y for x, y in zip(cached[0], state)):
+            return cached[1]
+        value = coords(index.slot_exprs[slot.serial], atom)
+        index.coords_cache[key] = (state, value)
+        return value
+
     def _positions_for(self, selections: Sequence[Tuple[Atom, torch.Tensor]]) -> Dict[int, torch.Tensor]:
         index = self._index
         found: Dict[int, List[torch.Tensor]] = collections.defaultdict(list)
         for atom, elems in selections:
+            ordered = torch.sort(elems).values
             for slot in index.atom_slots.get(atom, ()):
-                c = coords(index.slot_exprs[slot.serial], atom)
+                offsets = atom_offsets(index.slot_exprs[slot.serial], atom)
+                if offsets is not None:  # fast path: the atom is whole parts of the slot
+                    found[slot.serial].extend(ordered + offset for offset in offsets)
+                    continue
+                c = self.slot_coords(slot, atom)
                 found[slot.serial].append(torch.nonzero(torch.isin(c, elems)).reshape(-1))
         out: Dict[int, torch.Tensor] = {}
         for serial, parts in found.items():
-            positions = torch.unique(torch.cat(parts))
+            positions = parts[0] if len(parts) == 1 else torch.unique(torch.cat(parts))
             if positions.numel():
                 out[serial] = positions
         return out
@@ -548,7 +592,7 @@ class DependencyGraph:
             return
         index = self._index
         positions = self._positions_for(selections)
-        slots = {s.serial: s for s in self._recorder.slots}
+        slots = index.slots_by_serial
         for serial, pos in positions.items():
             if pos.numel() >= current_size(index.slot_exprs[serial]):
                 raise EmptyLayerError(
@@ -556,11 +600,11 @@ class DependencyGraph:
                     "keep at least one (check DG.check_pruning_group(group) first)")
         members = [slots[s] for s in positions]
         names = {self._module_names.get(id(slot.target.owner), ""): slot.target.owner for slot in members}
-        affected = self._with_ancestors(self.model, names)
+        affected = self._with_ancestors(self._lookup, names)
         deep = [slot.target.owner for slot in members if not slot.is_param and not _is_builtin(slot.handler)]
         snapshot = ModuleSnapshot(list(affected.values()) + self._shared_owners(), deep=deep)
         try:
-            self._apply(self.model, members, positions, lambda slot: slot.target.owner)
+            self._apply(self.model, self._lookup, members, positions, lambda slot: slot.target.owner)
             self._retie_shared_parameters()
         except PruneFailedError:
             snapshot.restore()
@@ -573,8 +617,8 @@ class DependencyGraph:
         self.history.append({"module": root.target.name, "attr": root.target.attr, "kind": root.kind,
                              "dim": root.dim, "idxs": positions[root.serial].tolist()})
 
-    def _apply(self, model: nn.Module, members: Sequence[Slot], positions: Dict[int, torch.Tensor],
-               owner_of: Callable[[Slot], nn.Module]) -> None:
+    def _apply(self, model: nn.Module, lookup: Dict[str, nn.Module], members: Sequence[Slot],
+               positions: Dict[int, torch.Tensor], owner_of: Callable[[Slot], nn.Module]) -> None:
         """Run the handlers of ``members`` on ``model`` (the real one or a trial copy), then the fix-ups."""
         from ..builtin.handlers.parameter import prune_parameter_handler
 
@@ -586,12 +630,14 @@ class DependencyGraph:
                 idxs = positions[slot.serial]
                 if slot.is_param:
                     prune_parameter_handler.prune_attribute(owner, slot.target.attr, slot.dim, idxs)
+                elif _is_builtin(slot.handler):
+                    slot_handler(slot)(owner, idxs)
                 else:
                     slot_handler(slot)(owner, idxs.tolist())  # the contract promises a list of ints
             current = None
             self._refresh_unhandled(members, owner_of)
             names = {self._module_names.get(id(slot.target.owner), ""): owner_of(slot) for slot in members}
-            self._hub.fixup_after_prune(model=model, modules=self._with_ancestors(model, names))
+            self._hub.fixup_after_prune(model=model, modules=self._with_ancestors(lookup, names))
         except Exception as exc:
             if current is not None:
                 who = "parameter pruner" if current.is_param else hv.handler_name(current.handler)
@@ -607,7 +653,45 @@ class DependencyGraph:
         positions = self._positions_for(selections)
         slots = {s.serial: s for s in self._recorder.slots}
         members = [slots[s] for s in positions]
-        self._apply(model, members, positions, lambda slot: lookup[self._module_names.get(id(slot.target.owner), "")])
+        self._apply(model, lookup, members, positions,
+                    lambda slot: lookup[self._module_names.get(id(slot.target.owner), "")])
+
+    def save_state(self) -> Any:
+        """Everything pruning can change (modules, channel bookkeeping, history), to undo a whole step."""
+        return (ModuleSnapshot(self._lookup.values()), [(atom, atom.alive) for atom in self._recorder.space.atoms],
+                len(self.history))
+
+    def restore_state(self, state: Any) -> None:
+        snapshot, alive, history_length = state
+        snapshot.restore()
+        for atom, value in alive:
+            atom.alive = value
+        del self.history[history_length:]
+
+    def freeze(self, atoms: Iterable[Atom], reason: str) -> None:
+        """Never prune these atoms again (for example after they broke a verification pass)."""
+        for atom in atoms:
+            self._recorder.space.freeze(atom, reason)
+        self._index_cache = None
+
+    def verify(self) -> Optional[str]:
+        """Run the example inputs through the model; return why it failed, or None if outputs keep their shapes."""
+        from .meta import to_meta, weights_on_meta
+        from .trace import EvalWhereHandlersAsk, ShapeOnlyForwards
+        from .validate import shapes_of
+
+        try:
+            with torch.no_grad(), EvalWhereHandlersAsk(self.model, self._resolve_handler):
+                if self._shapes_on_meta:
+                    with weights_on_meta(self.model), ShapeOnlyForwards(self.model, self._resolve_handler):
+                        output = self._forward(self.model, to_meta(self._example_inputs))
+                else:
+                    output = self._forward(self.model, self._example_inputs)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        if shapes_of(output) != self._recorder.output_shapes:
+            return f"the output shapes changed from {self._recorder.output_shapes} to {shapes_of(output)}"
+        return None
 
     def _refresh_unhandled(self, members: Sequence[Slot], owner_of: Callable[[Slot], nn.Module]) -> None:
         """Layers traced through their weights still get their size attributes updated."""
@@ -619,8 +703,7 @@ class DependencyGraph:
                 refresh(owner_of(slot))
 
     @staticmethod
-    def _with_ancestors(model: nn.Module, named: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
-        lookup = dict(model.named_modules())
+    def _with_ancestors(lookup: Dict[str, nn.Module], named: Dict[str, nn.Module]) -> Dict[str, nn.Module]:
         out: Dict[str, nn.Module] = {}
         for name in list(named):
             parts = name.split(".") if name else []
@@ -652,7 +735,7 @@ class DependencyGraph:
 
         Use it on a freshly built copy of the unpruned model to rebuild a pruned one.
         """
-        modules = dict(self.model.named_modules())
+        modules = self._lookup
         for number, entry in enumerate(history):
             try:
                 owner = modules[entry["module"]]

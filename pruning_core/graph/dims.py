@@ -81,11 +81,12 @@ class Atom:
 class Prod:
     """Row-major product of expressions: the first factor is the outermost."""
 
-    __slots__ = ("factors", "size")
+    __slots__ = ("factors", "size", "_leafset")
 
     def __init__(self, factors: Sequence["Expr"]) -> None:
         self.factors = tuple(factors)
         self.size = math.prod(f.size for f in self.factors)
+        self._leafset: Optional[frozenset] = None
 
     def __repr__(self) -> str:
         return "(" + "*".join(map(repr, self.factors)) + ")" if self.factors else "1"
@@ -94,11 +95,12 @@ class Prod:
 class Cat:
     """Concatenation of expressions, in order."""
 
-    __slots__ = ("parts", "size")
+    __slots__ = ("parts", "size", "_leafset")
 
     def __init__(self, parts: Sequence["Expr"]) -> None:
         self.parts = tuple(parts)
         self.size = sum(p.size for p in self.parts)
+        self._leafset: Optional[frozenset] = None
 
     def __repr__(self) -> str:
         return "[" + "|".join(map(repr, self.parts)) + "]"
@@ -408,8 +410,17 @@ def current_size(expr: Expr) -> int:
     return sum(current_size(p) for p in expr.parts)
 
 
+def contains(expr: Expr, target: Atom) -> bool:
+    """Whether ``target`` is a leaf of the resolved expression ``expr`` (cached per expression)."""
+    if type(expr) is Atom:
+        return expr is target
+    if expr._leafset is None:
+        expr._leafset = frozenset(leaves(expr))
+    return target in expr._leafset
+
+
 def coords(expr: Expr, target: Atom) -> torch.Tensor:
-    """For each current position of ``expr``, its current coordinate along ``target`` (or -1)."""
+    """For each current position of resolved ``expr``, its current coordinate along ``target`` (or -1)."""
     kind = type(expr)
     if kind is Atom:
         n = expr.current_size
@@ -417,15 +428,42 @@ def coords(expr: Expr, target: Atom) -> torch.Tensor:
             return torch.arange(n)
         return torch.full((n,), -1, dtype=torch.long)
     if kind is Cat:
-        if not expr.parts:
-            return torch.empty(0, dtype=torch.long)
-        return torch.cat([coords(p, target) for p in expr.parts])
+        pieces: List[torch.Tensor] = []
+        gap = 0  # positions of parts without the target, emitted as one run of -1
+        for part in expr.parts:
+            if contains(part, target):
+                if gap:
+                    pieces.append(torch.full((gap,), -1, dtype=torch.long))
+                    gap = 0
+                pieces.append(coords(part, target))
+            else:
+                gap += current_size(part)
+        if gap or not pieces:
+            pieces.append(torch.full((gap,), -1, dtype=torch.long))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     sizes = [current_size(f) for f in expr.factors]
-    total = math.prod(sizes)
     for index, factor in enumerate(expr.factors):
-        if any(leaf is target for leaf in leaves(factor)):
+        if contains(factor, target):
             inner = coords(factor, target)
             shape = [1] * len(sizes)
             shape[index] = sizes[index]
             return inner.view(shape).expand(sizes).reshape(-1)
-    return torch.full((total,), -1, dtype=torch.long)
+    return torch.full((math.prod(sizes),), -1, dtype=torch.long)
+
+
+def atom_offsets(expr: Expr, target: Atom) -> Optional[List[int]]:
+    """Where ``target`` sits in ``expr`` when it appears only as whole parts of a concatenation
+    (or is the expression itself): the current offsets of those parts. ``None`` otherwise."""
+    if expr is target:
+        return [0]
+    if type(expr) is not Cat:
+        return None
+    offsets: List[int] = []
+    offset = 0
+    for part in expr.parts:
+        if part is target:
+            offsets.append(offset)
+        elif contains(part, target):
+            return None
+        offset += current_size(part)
+    return offsets

@@ -10,6 +10,7 @@ rule unifies the dimension expressions of its inputs and outputs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -170,6 +171,7 @@ class Recorder:
                 if buf is not None:
                     self.param_owner.setdefault(id(buf), (name, module, attr, True))
         self.param_slots: Dict[int, List[Slot]] = {}
+        self.output_shapes: List[Tuple[int, ...]] = []
 
     # -- tensor table -----------------------------------------------------------
     def _serial(self, tensor: torch.Tensor) -> Optional[int]:
@@ -254,6 +256,7 @@ class Recorder:
 
     def freeze_outputs(self, outputs: Any) -> None:
         serials = []
+        self.output_shapes = [tuple(t.shape) for t in iter_tensors(outputs)]
         for tensor in iter_tensors(outputs):
             serial = self._serial(tensor)
             if serial is None:
@@ -391,35 +394,71 @@ class _DispatchTracer(TorchDispatchMode):
         return out
 
 
-def _install_hooks(model: torch.nn.Module, recorder: Recorder) -> List[Any]:
-    """Every module gets a pre/post hook pair: handled layers become one node, others name the scope."""
+def _install_hooks(model: torch.nn.Module, recorder: Recorder, tracer: "_DispatchTracer") -> List[Any]:
+    """Every module gets a pre/post hook pair: handled layers become one node, others name the scope.
+
+    While a handled layer runs, the tracer is paused: its inner operators are not
+    needed, and decomposed kernels (BatchNorm on meta) would cost Python time.
+    """
     handles = []
     actions: List[Tuple[str, Any]] = []
 
     def pre(module, args, kwargs):
         if id(module) in recorder.handlers:
-            inputs = list(iter_tensors(args)) + list(iter_tensors(kwargs)) if recorder.handled_depth == 0 else None
+            outermost = recorder.handled_depth == 0
+            inputs = list(iter_tensors(args)) + list(iter_tensors(kwargs)) if outermost else None
             actions.append(("handled", inputs))
             recorder.handled_depth += 1
+            if outermost:
+                tracer.__exit__(None, None, None)
         elif recorder.handled_depth == 0:
             actions.append(("scope", None))
             recorder.scope.append(recorder.module_names.get(id(module), ""))
         else:
             actions.append(("inner", None))
 
-    def post(module, args, kwargs, output):
+    def post(module, args, kwargs, output=None):
+        if not actions:
+            return
         kind, inputs = actions.pop()
         if kind == "handled":
             recorder.handled_depth -= 1
             if inputs is not None:
-                recorder.module_call(module, inputs, list(iter_tensors(output)))
+                tracer.__enter__()
+                if output is not None:
+                    recorder.module_call(module, inputs, list(iter_tensors(output)))
         elif kind == "scope" and recorder.scope:
             recorder.scope.pop()
 
     for module in model.modules():
         handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(module.register_forward_hook(post, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
     return handles
+
+
+class ShapeOnlyForwards:
+    """Context manager for meta runs: layers whose handler says ``shape_preserving`` skip their kernels.
+
+    On ``meta`` nothing is computed anyway, but some meta kernels (BatchNorm's)
+    are Python decompositions that cost milliseconds per call. A shape-preserving
+    layer's output is simply a new tensor shaped like its input.
+    """
+
+    def __init__(self, model: torch.nn.Module, handler_of: Callable[[torch.nn.Module], Any]) -> None:
+        self.patched = [m for m in model.modules() if getattr(handler_of(m), "shape_preserving", False)]
+
+    @staticmethod
+    def _shape_only(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.empty_like(x)
+
+    def __enter__(self) -> "ShapeOnlyForwards":
+        for module in self.patched:
+            module.forward = self._shape_only
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for module in self.patched:
+            module.__dict__.pop("forward", None)
 
 
 class EvalWhereHandlersAsk:
@@ -446,7 +485,7 @@ class EvalWhereHandlersAsk:
 
 def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
               forward_fn: Optional[Callable[[torch.nn.Module, Any], Any]],
-              output_transform: Optional[Callable[[Any], Any]]) -> Any:
+              output_transform: Optional[Callable[[Any], Any]], on_meta: bool = False) -> Any:
     """Run one forward pass under the tracer and return its (transformed) output."""
     if isinstance(example_inputs, dict):
         for key, value in example_inputs.items():
@@ -459,12 +498,15 @@ def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
     if any(m.training for m in model.modules()):
         # Training-mode forwards update running statistics; tracing must not.
         buffers = {name: buf.detach().clone() for name, buf in model.named_buffers()}
-    handles = _install_hooks(model, recorder)
+    tracer = _DispatchTracer(recorder)
+    handles = _install_hooks(model, recorder, tracer)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # fused encoder kernels would hide the layers
     try:
-        with torch.no_grad(), EvalWhereHandlersAsk(model, lambda m: recorder.handlers.get(id(m))), \
-                _DispatchTracer(recorder):
+        handler_of = recorder.handlers.get
+
+        shape_only = ShapeOnlyForwards(model, lambda m: handler_of(id(m))) if on_meta else contextlib.nullcontext()
+        with torch.no_grad(), EvalWhereHandlersAsk(model, lambda m: handler_of(id(m))), shape_only, tracer:
             if forward_fn is not None:
                 output = forward_fn(model, example_inputs)
             elif isinstance(example_inputs, dict):

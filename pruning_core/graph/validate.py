@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .dims import Atom
+from .meta import to_meta
 from .trace import iter_tensors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,28 +26,53 @@ if TYPE_CHECKING:  # pragma: no cover
 REAL_COPY_LIMIT_BYTES = 1 << 30
 
 
-def _to_meta(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return torch.empty_like(obj, device="meta") if obj.is_floating_point() or obj.is_complex() else obj.to("meta")
-    if isinstance(obj, (list, tuple)):
-        converted = [_to_meta(o) for o in obj]
-        return type(obj)(converted) if not hasattr(obj, "_fields") else type(obj)(*converted)
-    if isinstance(obj, dict):
-        return type(obj)((k, _to_meta(v)) for k, v in obj.items())
-    return obj
+_IMMUTABLE = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def _clone_module(module: nn.Module, tensor_map: Callable[[torch.Tensor], torch.Tensor],
+                  memo: Dict[int, Any]) -> nn.Module:
+    """A copy of the module tree with new tensors; plain attributes are deep-copied unless immutable.
+
+    Much faster than ``copy.deepcopy`` on a model: tensors are replaced, not pickled.
+    """
+    if id(module) in memo:
+        return memo[id(module)]
+    clone = module.__class__.__new__(module.__class__)
+    memo[id(module)] = clone
+    def mapped(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if tensor is None:
+            return None
+        if id(tensor) not in memo:
+            memo[id(tensor)] = tensor_map(tensor)
+        return memo[id(tensor)]
+
+    state = {}
+    for key, value in module.__dict__.items():
+        if key in ("_parameters", "_buffers"):
+            state[key] = {k: mapped(v) for k, v in value.items()}
+        elif key == "_modules":
+            state[key] = {k: (_clone_module(v, tensor_map, memo) if v is not None else None) for k, v in value.items()}
+        elif key.endswith("_hooks") or key.endswith("_hooks_with_kwargs") or key.endswith("_hooks_always_called"):
+            state[key] = type(value)()
+        elif isinstance(value, _IMMUTABLE) or (isinstance(value, tuple) and all(isinstance(v, _IMMUTABLE) for v in value)):
+            state[key] = value
+        else:
+            state[key] = copy.deepcopy(value, memo)
+    clone.__dict__.update(state)
+    return clone
+
+
+def _meta_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    if isinstance(tensor, nn.Parameter):
+        return nn.Parameter(torch.empty_like(tensor, device="meta"), requires_grad=tensor.requires_grad)
+    return tensor.to("meta")
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:
-    memo: Dict[int, Any] = {}
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if isinstance(tensor, nn.Parameter):
-            memo[id(tensor)] = nn.Parameter(torch.empty_like(tensor, device="meta"), requires_grad=tensor.requires_grad)
-        else:
-            memo[id(tensor)] = tensor.to("meta")
-    return copy.deepcopy(model, memo)
+    return _clone_module(model, _meta_tensor, {})
 
 
-def _shapes(output: Any) -> List[Tuple[int, ...]]:
+def shapes_of(output: Any) -> List[Tuple[int, ...]]:
     return [tuple(t.shape) for t in iter_tensors(output)]
 
 
@@ -59,18 +85,19 @@ class TrialRunner:
         self.forward = forward
         self.base: Optional[nn.Module] = None
         self.inputs: Any = None
-        self.reference: Optional[List[Tuple[int, ...]]] = None
+        self.reference = list(graph._recorder.output_shapes)
         self.reason = ""
         model = graph.model
-        for make_copy, make_inputs in ((_meta_copy, _to_meta), (self._real_copy, lambda x: x)):
+        for make_copy, make_inputs in ((_meta_copy, to_meta), (self._real_copy, lambda x: x)):
             try:
                 candidate = make_copy(model)
                 inputs = make_inputs(example_inputs)
-                output = self._run(candidate, inputs)
+                if shapes_of(self._run(candidate, inputs)) != self.reference:
+                    raise RuntimeError("the copy's outputs differ from the traced outputs")
             except Exception as exc:  # data-dependent models cannot run on meta
                 self.reason = f"{type(exc).__name__}: {exc}"
                 continue
-            self.base, self.inputs, self.reference = candidate, inputs, _shapes(output)
+            self.base, self.inputs = candidate, inputs
             break
 
     def _run(self, model: nn.Module, inputs: Any) -> Any:
@@ -84,7 +111,11 @@ class TrialRunner:
         size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         if size > REAL_COPY_LIMIT_BYTES:
             raise RuntimeError("model too large for a real trial copy")
-        return copy.deepcopy(model)
+        def own_copy(tensor: torch.Tensor) -> torch.Tensor:
+            data = tensor.detach().clone()
+            return nn.Parameter(data, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else data
+
+        return _clone_module(model, own_copy, {})
 
     @property
     def available(self) -> bool:
@@ -95,7 +126,7 @@ class TrialRunner:
 
         ``selections`` holds atoms (their first channel is removed) or ``(atom, elements)`` pairs.
         """
-        trial = copy.deepcopy(self.base)
+        trial = _clone_module(self.base, lambda t: t, {})
         lookup = dict(trial.named_modules())
         from .depgraph import _mark_removed
 
@@ -111,7 +142,7 @@ class TrialRunner:
         finally:
             for atom, alive in saved:
                 atom.alive = alive
-        if _shapes(output) != self.reference:
+        if shapes_of(output) != self.reference:
             return False, "the output shape changed"
         return True, ""
 

@@ -7,13 +7,14 @@ custom or plugin handler gets scores exactly like a built-in one.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 
 from ..errors import ConfigurationError
 from ..graph.channels import channel_view, slot_params
-from ..graph.dims import coords
+from ..graph.dims import atom_offsets, current_size
 from ..graph.group import Group
 from ..graph.slots import Slot
 
@@ -40,7 +41,6 @@ class GroupView:
         self.num_channels = group.num_channels
         graph = group._graph
         index = graph._index
-        slots = {s.serial: s for s in graph._recorder.slots}
         self._members: List[MemberTensor] = []
         offset = 0
         lookups = []
@@ -49,33 +49,45 @@ class GroupView:
             table[elems] = torch.arange(offset, offset + elems.numel())
             lookups.append((atom, table))
             offset += elems.numel()
+        seen = set()
         for atom, _ in group.selections:
             for slot in index.atom_slots.get(atom, ()):
-                if any(m.slot is slot for m in self._members):
+                if slot.serial in seen:
                     continue
+                seen.add(slot.serial)
                 expr = index.slot_exprs[slot.serial]
-                units = torch.full((_size(expr),), -1, dtype=torch.long)
+                units = torch.full((current_size(expr),), -1, dtype=torch.long)
                 for other, table in lookups:
-                    c = coords(expr, other)
+                    offsets = atom_offsets(expr, other)
+                    if offsets is not None:  # the atom is whole parts of the slot: plain slices
+                        for offset in offsets:
+                            units[offset:offset + table.numel()] = table
+                        continue
+                    c = graph.slot_coords(slot, other)
                     hit = c >= 0
                     units[hit] = table[c[hit]]
                 names = _param_names(slot)
                 for tensor, dim, to_channels in slot_params(slot):
                     self._members.append(MemberTensor(slot, names.get(id(tensor), ""), tensor, dim, to_channels,
                                                       units))
-        self._slots = slots
 
     def __iter__(self) -> Iterator[MemberTensor]:
         return iter(self._members)
 
     def unit_scores(self, member: MemberTensor, tensor: torch.Tensor,
                     per_position: Callable[[torch.Tensor], torch.Tensor]) -> Optional[torch.Tensor]:
-        """Sum ``per_position`` (a function of the channel-major 2-D view) over each unit's positions."""
+        """Sum ``per_position`` over each unit's positions.
+
+        ``per_position`` gets the tensor as ``(before, positions, after)`` (a view, no copy, for
+        contiguous tensors) and returns one value per position.
+        """
         view = channel_view(tensor, member.to_channels)
-        if view.shape[member.dim] != member.units.numel():
+        dim = member.dim
+        n = view.shape[dim]
+        if n != member.units.numel():
             return None
-        flat = view.movedim(member.dim, 0).reshape(view.shape[member.dim], -1)
-        stat = per_position(flat.float()).to("cpu")
+        before = math.prod(view.shape[:dim])
+        stat = per_position(view.reshape(before, n, -1)).float().to("cpu")
         keep = member.units >= 0
         scores = torch.zeros(self.num_channels, dtype=stat.dtype)
         scores.index_add_(0, member.units[keep], stat[keep])
@@ -120,17 +132,14 @@ class GroupView:
         return rows.reshape(self.num_channels, -1)
 
 
-def _size(expr: Any) -> int:
-    from ..graph.dims import current_size
-
-    return current_size(expr)
-
-
 def _param_names(slot: Slot) -> Dict[int, str]:
     owner = slot.target.owner
     if slot.is_param:
         return {id(getattr(owner, slot.target.attr)): slot.target.attr}
-    return {id(t): n for n, t in list(owner.named_parameters()) + list(owner.named_buffers())}
+    names = {id(t): n for n, t in owner._parameters.items() if t is not None}
+    if len(names) < 2 or owner._modules:
+        names = {id(t): n for n, t in list(owner.named_parameters()) + list(owner.named_buffers())}
+    return names
 
 
 def reduce_scores(scores: List[torch.Tensor], reduction: Optional[str]) -> Optional[torch.Tensor]:

@@ -37,9 +37,9 @@ class GroupTaylorImportance(Importance):
             return None
         product = (param.detach() * param.grad.detach())
         if self.multivariable:
-            summed = view.unit_scores(member, product, lambda rows: rows.sum(1))
+            summed = view.unit_scores(member, product, lambda t: t.sum((0, 2)))
             return None if summed is None else summed.abs()
-        return view.unit_scores(member, product, lambda rows: rows.abs().sum(1))
+        return view.unit_scores(member, product, lambda t: t.abs().sum((0, 2)))
 
 
 class GroupHessianImportance(Importance):
@@ -91,7 +91,7 @@ class GroupHessianImportance(Importance):
             return None
         if hessian.shape != member.param.shape:
             return None
-        return view.unit_scores(member, member.param.detach().pow(2) * hessian, lambda rows: rows.sum(1))
+        return view.unit_scores(member, member.param.detach().pow(2) * hessian, lambda t: t.sum((0, 2)))
 
 
 __all__ = ["GroupTaylorImportance", "GroupHessianImportance"]

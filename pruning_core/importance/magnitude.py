@@ -33,7 +33,26 @@ class GroupMagnitudeImportance(Importance):
                 yield member
 
     def member_scores(self, view: GroupView, member: MemberTensor) -> Optional[torch.Tensor]:
-        return view.unit_scores(member, member.param.detach(), lambda rows: rows.abs().pow(self.p).sum(1))
+        return view.unit_scores(member, member.param.detach(), lambda t: _power_sum(t, self.p))
+
+
+def _power_sum(blocks: torch.Tensor, p: float) -> torch.Tensor:
+    """``sum |x|^p`` per position of a ``(before, positions, after)`` tensor.
+
+    Reduces the contiguous trailing dim first; when there is none (a linear
+    layer's input side), sums rows of ``|x|^p`` along the leading dim, which is
+    vectorised across positions.
+    """
+    blocks = blocks.float()
+    if blocks.shape[2] == 1:
+        rows = blocks[:, :, 0]
+        total = torch.zeros(rows.shape[1], dtype=rows.dtype, device=rows.device)
+        # Row chunks keep each temporary about a megabyte, so it stays in cache.
+        step = max(1, (1 << 18) // max(1, rows.shape[1]))
+        for chunk in rows.split(step):
+            total += (chunk.square() if p == 2 else chunk.abs().pow(p)).sum(0)
+        return total
+    return torch.linalg.vector_norm(blocks, ord=p, dim=2).pow(p).sum(0)
 
 
 MagnitudeImportance = GroupMagnitudeImportance
@@ -83,7 +102,7 @@ class BNScaleImportance(Importance):
                 yield member
 
     def member_scores(self, view: GroupView, member: MemberTensor) -> Optional[torch.Tensor]:
-        return view.unit_scores(member, member.param.detach(), lambda rows: rows.abs().sum(1))
+        return view.unit_scores(member, member.param.detach(), lambda t: t.abs().sum((0, 2)))
 
     @torch.no_grad()
     def __call__(self, group):

@@ -8,14 +8,18 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 import torch
 from torch import nn
 
+import warnings
+
 from .. import _plugins
-from ..errors import ConfigurationError
+from .._gc import without_gc
+
+from ..errors import ConfigurationError, PruneFailedError, PruningError
 from ..graph.depgraph import DependencyGraph, expand_ignored
 from ..graph.dims import current_size
 from ..graph.group import Group
 from ..importance.base import Importance
 from .options import PruningOptions
-from .planning import PlannedGroup, group_for, plan_step, resolve_ratio
+from .planning import PlannedGroup, PruningWarning, group_for, plan_step, resolve_ratio
 
 
 def resolve_importance(importance: Any) -> Any:
@@ -49,6 +53,7 @@ class BasePruner:
 
     default_importance: Optional[str] = None
 
+    @without_gc
     def __init__(self, model: nn.Module, example_inputs: Any, importance: Any = None, **kwargs: Any) -> None:
         self.options = PruningOptions.from_kwargs(**kwargs)
         self.model = model
@@ -107,8 +112,9 @@ class BasePruner:
         options = self.options
         expand_ignored(self.ignored_layers, self.model)  # validates: raises on foreign modules
         planned: List[PlannedGroup] = []
+        # Groups are verified after each step (see step()), on the real result, not by trial copies here.
         for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers,
-                                            root_module_types=options.root_module_types):
+                                            root_module_types=options.root_module_types, validate=False):
             atom = group.atoms[0]
             owner = group.root_slot.target.owner
             is_head = atom in self.DG.head_atoms
@@ -168,30 +174,95 @@ class BasePruner:
         on each, one at a time.
         """
         if self.current_step >= self.options.iterative_steps:
-            import warnings
-
-            from .planning import PruningWarning
-
             warnings.warn(f"all {self.options.iterative_steps} iterative steps are done; step() does nothing",
                           PruningWarning, stacklevel=2)
             return iter(()) if interactive else None
         self.current_step += 1
-        plan = plan_step(self._groups, self.current_step, self.options, self._score_planned)
         if interactive:
-            return self._yield_groups(plan)
-        for planned, idxs in plan:
-            if idxs:
-                group = group_for(self.DG, planned, idxs)
-                group.prune()
+            return self._interactive(plan_step(self._groups, self.current_step, self.options, self._score_planned))
+        self._run_step()
         return None
 
     def _score_planned(self, planned: PlannedGroup) -> torch.Tensor:
         return self.estimate_importance(planned)
 
-    def _yield_groups(self, plan: Sequence) -> Iterator[Group]:
+    def _prune_plan(self, plan: Sequence) -> None:
+        for planned, idxs in plan:
+            if idxs:
+                group_for(self.DG, planned, idxs).prune()
+
+    @without_gc
+    def _run_step(self) -> None:
+        """Prune the whole step as one transaction, verified by a forward pass on the example inputs.
+
+        If the pruned model no longer runs (a size written in the model's code,
+        say), the step is undone, the groups responsible are found by bisection
+        and frozen with the reason, and the step is planned again without them.
+        """
+        while True:
+            plan = [(g, idxs) for g, idxs in plan_step(self._groups, self.current_step, self.options,
+                                                         self._score_planned) if idxs]
+            state = self.DG.save_state()
+            try:
+                self._prune_plan(plan)
+            except Exception:
+                self.DG.restore_state(state)
+                raise
+            if not self.options.validate or not plan:
+                return
+            failure = self.DG.verify()
+            if failure is None:
+                return
+            self.DG.restore_state(state)
+            culprits = self._breaking(plan)
+            if not culprits:
+                raise PruneFailedError(f"the pruned model fails on the example inputs ({failure}); the step was "
+                                       "undone and no single group could be blamed")
+            reasons = []
+            for planned, reason in culprits:
+                self.DG.freeze([planned.atom], f"pruning it broke the model: {reason}")
+                reasons.append(f"{planned.root.describe()}: {reason}")
+            warnings.warn(f"{len(culprits)} group(s) could not be pruned and are now kept: "
+                          + "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else ""),
+                          PruningWarning, stacklevel=3)
+            broken = {id(planned) for planned, _ in culprits}
+            self._groups = [g for g in self._groups if id(g) not in broken]
+
+    def _breaking(self, plan: Sequence) -> List[Any]:
+        """The groups of ``plan`` whose pruning makes the model fail, found by bisection."""
+        def failure_of(subset: Sequence) -> Optional[str]:
+            state = self.DG.save_state()
+            try:
+                self._prune_plan(subset)
+                return self.DG.verify()
+            except PruningError as exc:
+                return str(exc)
+            finally:
+                self.DG.restore_state(state)
+
+        def search(subset: Sequence) -> List[Any]:
+            reason = failure_of(subset)
+            if reason is None:
+                return []
+            if len(subset) == 1:
+                return [(subset[0][0], reason)]
+            mid = len(subset) // 2
+            found = search(subset[:mid]) + search(subset[mid:])
+            return found or [(planned, reason) for planned, _ in subset]
+
+        return search(list(plan))
+
+    def _interactive(self, plan: Sequence) -> Iterator[Group]:
+        state = self.DG.save_state()
         for planned, idxs in plan:
             if idxs:
                 yield group_for(self.DG, planned, idxs)
+        if self.options.validate:
+            failure = self.DG.verify()
+            if failure is not None:
+                self.DG.restore_state(state)
+                raise PruneFailedError(f"after this interactive step the model fails on the example inputs "
+                                       f"({failure}); every group of the step was restored")
 
     # -- sparse training (no-ops here; see the regularizing pruners) -------------------------
     def update_regularizer(self) -> None:

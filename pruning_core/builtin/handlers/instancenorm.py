@@ -17,6 +17,7 @@ class InstanceNormPruner(CoupledPruningFunc):
     """Prunes the optional affine parameters and running statistics of instance norms."""
 
     TARGET_MODULES = (nn.modules.instancenorm._InstanceNorm,)
+    shape_preserving = True  # output shaped like input: meta runs may skip the kernel
     trace_in_eval = True
 
     def get_out_channels(self, layer: nn.Module) -> int:
