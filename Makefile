@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml plugins/hf_transformers/pyproject.toml plugins/timm/pyp
 	touch $(STAMP)
 
 demo: setup
-	$(PY) examples/demo.py
+	$(PY) examples/minimal_depgraph.py
+	$(PY) -m pruning_core prune torchvision:resnet18 --ratio 0.5 --output build/demo/resnet18-pruned
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

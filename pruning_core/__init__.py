@@ -20,7 +20,8 @@ from .functional import __all__ as _functional_names
 from .graph import Dependency, DependencyGraph, Group, GroupItem
 from .hookspecs import hookimpl, hookspec
 from .layer_handler import BasePruningFunc, CoupledPruningFunc
-from .records import ImportanceSpec, LayerHandlerSpec, OpRuleSpec, PrunerSpec, StructureHint
+from .records import (ImportanceSpec, LayerHandlerSpec, ModelScheme, ModelSource, OpRuleSpec, PrunerSpec,
+                      StructureHint)
 
 _LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "plugins", "testing")
 
@@ -31,14 +32,15 @@ def __getattr__(name: str) -> Any:
         module = import_module(f".{name}", __name__)
         globals()[name] = module
         return module
-    if name in ("state_dict", "load_state_dict"):
+    if name in ("state_dict", "load_state_dict", "save_pruned", "load_pruned"):
         return getattr(import_module(".serialization", __name__), name)
     raise AttributeError(f"module 'pruning_core' has no attribute {name!r}")
 
 
 __all__ = [
     "__version__", "DependencyGraph", "Group", "GroupItem", "Dependency", "BasePruningFunc", "CoupledPruningFunc",
-    "LayerHandlerSpec", "OpRuleSpec", "ImportanceSpec", "PrunerSpec", "StructureHint", "hookimpl", "hookspec",
+    "LayerHandlerSpec", "OpRuleSpec", "ImportanceSpec", "PrunerSpec", "StructureHint", "ModelScheme", "ModelSource",
+    "hookimpl", "hookspec", "state_dict", "load_state_dict", "save_pruned", "load_pruned",
     "PruningError", "ConfigurationError", "InvalidIndicesError", "UnknownNameError", "GraphError", "TracingError",
     "UnsupportedModelError", "NoHandlerError", "EmptyLayerError", "PruneFailedError", "PluginError",
     "PluginConflictError", "SerializationError", *_functional_names, *_LAZY_SUBMODULES,

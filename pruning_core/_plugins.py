@@ -32,6 +32,7 @@ from .errors import PluginConflictError, PluginError, UnknownNameError
 from .records import (
     ImportanceSpec,
     LayerHandlerSpec,
+    ModelScheme,
     OpRuleSpec,
     PrunerSpec,
     Provider,
@@ -62,6 +63,7 @@ BUILTIN_PLUGINS: Tuple[str, ...] = (
     "pruning_core.builtin.ops.factory",
     "pruning_core.builtin.known_frameworks",
     "pruning_core.builtin.torchvision_fixups",
+    "pruning_core.builtin.model_sources",
     "pruning_core.builtin.importance",
     "pruning_core.builtin.pruners",
 )
@@ -330,6 +332,12 @@ class PluginHub:
 
     def fixup_after_prune(self, model: Any, modules: Dict[str, Any]) -> None:
         self.pm.hook.fixup_after_prune(model=model, modules=modules)
+
+    def model_schemes(self) -> List[ModelScheme]:
+        return self._cached("schemes", lambda: self._collect("register_model_schemes", ModelScheme))
+
+    def resolve_model_spec(self, spec: str) -> Any:
+        return self.pm.hook.resolve_model_spec(spec=spec)
 
     def missing_handler_hint(self, module: Any) -> Optional[str]:
         return self.pm.hook.resolve_missing_handler_hint(module=module)

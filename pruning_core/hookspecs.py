@@ -120,3 +120,51 @@ def resolve_missing_handler_hint(module: Any) -> Optional[str]:
 
     Added in 0.1.
     """
+
+
+@hookspec
+def collect_model_state(model: Any) -> Optional[Any]:
+    """Return plain data (dicts, lists, strings, numbers) to save with a pruned ``model``, or ``None``.
+
+    For state that lives outside modules, such as a framework config object that
+    a ``fixup_after_prune`` implementation edited. It is stored under the
+    plugin's name and given back to :func:`restore_model_state` when loading.
+
+    :param model: the pruned model being saved.
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def restore_model_state(model: Any, state: Any) -> None:
+    """Apply what :func:`collect_model_state` saved, after the pruned structure was rebuilt.
+
+    :param model: the freshly built model being loaded.
+    :param state: this plugin's saved state.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def resolve_model_spec(spec: str) -> Optional[Any]:
+    """Build the model named by a command-line spec such as ``"timm:convnext_tiny"``, or return ``None``.
+
+    Return a :class:`pruning_core.ModelSource`. The first plugin that knows the
+    spec's scheme wins.
+
+    :param spec: the text after ``pruning-core prune`` / ``inspect``.
+
+    Added in 0.1.
+    """
+
+
+@hookspec
+def register_model_schemes() -> Iterable[Any]:
+    """Return :class:`pruning_core.ModelScheme` records naming the spec schemes this plugin resolves.
+
+    Used to list the known schemes when a spec is not understood.
+
+    Added in 0.1.
+    """

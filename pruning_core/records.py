@@ -9,7 +9,7 @@ use it to name both sides.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 from .errors import PluginError
 
@@ -179,3 +179,42 @@ class StructureHint(_Stamped):
 def _check_name(kind: str, name: Any) -> None:
     if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
         raise PluginError(f"{kind} name must be a non-empty identifier-like string, got {name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelScheme(_Stamped):
+    """A model-spec scheme a plugin resolves, for listings and error messages.
+
+    :param scheme: the prefix before the colon, for example ``"timm"``.
+    :param example: a full example spec, for example ``"timm:convnext_tiny"``.
+    :param description: one line.
+    """
+
+    scheme: str
+    example: str
+    description: str = ""
+    provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_name("ModelScheme", self.scheme)
+
+
+@dataclasses.dataclass
+class ModelSource:
+    """A model built from a spec, with what the command line needs to prune it.
+
+    :param model: the model (random or loaded weights).
+    :param example_inputs: inputs for tracing and measuring.
+    :param spec: the spec that built it, saved with the pruned model so it can be rebuilt.
+    :param keep: modules whose output channels must stay (classifier, LM head).
+    :param forward_fn: how to call the model, when ``model(inputs)`` is not enough.
+    :param make_batch: ``make_batch(i)`` returns calibration batch ``i`` (defaults to random inputs).
+    """
+
+    model: Any
+    example_inputs: Any
+    spec: str
+    keep: Tuple[Any, ...] = ()
+    forward_fn: Optional[Callable[..., Any]] = None
+    make_batch: Optional[Callable[[int], Any]] = None
+    description: str = ""

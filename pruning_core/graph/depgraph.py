@@ -18,6 +18,7 @@ from .group import Group, slot_handler
 from .rules import pointwise
 from .slots import Slot
 from .trace import Recorder, UnsupportedOp, run_trace
+from ..serialization.record import ensure_record, note_removed
 from .transaction import ModuleSnapshot
 
 DEFAULT_ROOT_TYPES: Tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.rnn.RNNBase)
@@ -601,9 +602,18 @@ class DependencyGraph:
         members = [slots[s] for s in positions]
         names = {self._module_names.get(id(slot.target.owner), ""): slot.target.owner for slot in members}
         affected = self._with_ancestors(self._lookup, names)
+        # Handlers may edit their layer's children (MultiheadAttention.out_proj): cover them too.
+        touched = list(affected.values()) + [child for slot in members if not slot.is_param
+                                             for child in slot.target.owner.modules()]
         deep = [slot.target.owner for slot in members if not slot.is_param and not _is_builtin(slot.handler)]
-        snapshot = ModuleSnapshot(list(affected.values()) + self._shared_owners(), deep=deep)
+        snapshot = ModuleSnapshot(touched + self._shared_owners(), deep=deep)
+        for module in touched:
+            ensure_record(module)  # remember the original state before anything changes
         try:
+            for slot in members:
+                key = f"param:{slot.target.attr}:{slot.dim}" if slot.is_param else slot.kind
+                note_removed(slot.target.owner, key, current_size(index.slot_exprs[slot.serial]),
+                             positions[slot.serial])
             self._apply(self.model, self._lookup, members, positions, lambda slot: slot.target.owner)
             self._retie_shared_parameters()
         except PruneFailedError:

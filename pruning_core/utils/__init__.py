@@ -1,5 +1,9 @@
-"""Measurement helpers: MACs and parameters, latency and memory."""
+"""Measurement helpers: MACs and parameters, latency and memory, progress display."""
 
+from . import benchmark
+from .benchmark import measure_fps, measure_latency, measure_memory
 from .counting import count_ops_and_params, count_params
+from .progress import progress
 
-__all__ = ["count_ops_and_params", "count_params"]
+__all__ = ["count_ops_and_params", "count_params", "benchmark", "measure_latency", "measure_memory",
+           "measure_fps", "progress"]

@@ -1,6 +1,6 @@
 """The main job in one screen: prune a torchvision ResNet-18 with the DepGraph API.
 
-Run with ``make demo``. Weights are random (nothing is downloaded).
+``make demo`` runs it, then the command-line equivalent. Weights are random (nothing is downloaded).
 """
 
 import torch

@@ -1,0 +1,47 @@
+"""The ``pruning-core`` command line (also ``python -m pruning_core``).
+
+Subcommands: ``prune`` (prune a model and save it), ``inspect`` (show its
+dependency groups) and ``plugins`` (list plugins). Exit status: 0 on success, 1
+when a check after pruning fails, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from .._version import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import inspect_cmd, plugins_cmd, prune_cmd
+
+    parser = argparse.ArgumentParser(prog="pruning-core", description="Structural pruning for PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"pruning-core {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    prune_cmd.add_parser(sub)
+    inspect_cmd.add_parser(sub)
+    plugins_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from ..errors import PruningError
+
+    try:
+        return int(args.func(args) or 0)
+    except PruningError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main", "build_parser"]

@@ -1,0 +1,193 @@
+"""Saving pruned models without pickled code, and loading them back exactly; bad files fail cleanly."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pytest
+import torch
+import torchvision
+
+import pruning_core as tp
+from tests.helpers import run
+
+
+def _pruned(name, size=224, ratio=0.5):
+    model = torchvision.models.get_model(name).eval()
+    x = torch.randn(1, 3, size, size)
+    tp.pruner.BasePruner(model, x, pruning_ratio=ratio).step()
+    return model, x
+
+
+def _fresh(name):
+    return torchvision.models.get_model(name).eval()
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vit_b_16"])
+def test_round_trip_through_both_forms_with_weights_only(name, tmp_path):
+    model, x = _pruned(name)
+    expected = run(model, x)
+    # torch.save form, loaded with weights_only=True: no code is unpickled.
+    buffer = io.BytesIO()
+    torch.save(tp.state_dict(model), buffer)
+    buffer.seek(0)
+    fresh = _fresh(name)
+    tp.load_state_dict(fresh, torch.load(buffer, weights_only=True))
+    assert torch.equal(run(fresh, x), expected)
+    # safetensors + JSON form.
+    tp.save_pruned(model, str(tmp_path / "saved"), model_spec=f"torchvision:{name}")
+    record = json.loads((tmp_path / "saved" / "pruning.json").read_text())
+    assert record["format"] == "pruning_core.pruned/1" and record["model_spec"] == f"torchvision:{name}"
+    assert any(entry["removed"] for entry in record["structure"].values())
+    fresh = _fresh(name)
+    tp.load_pruned(fresh, str(tmp_path / "saved"))
+    assert torch.equal(run(fresh, x), expected)
+
+
+def test_record_lists_lost_channels_and_changed_attributes():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 64, 64)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    DG.get_pruning_group(model.conv1, tp.prune_conv_out_channels, idxs=[2, 6, 9]).prune()
+    DG.get_pruning_group(model.conv1, tp.prune_conv_out_channels, idxs=[0]).prune()  # original channel 0
+    entry = tp.state_dict(model)["structure"]["conv1"]
+    assert entry["removed"]["out"] == [0, 2, 6, 9]
+    assert entry["attrs"] == {"out_channels": 60}
+    assert entry["shapes"] == {"weight": [60, 3, 7, 7]}
+    assert tp.state_dict(model)["structure"]["layer1.0.conv1"]["removed"]["in"] == [0, 2, 6, 9]
+
+
+def test_a_small_transformers_model_round_trips(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).eval()
+    ids = torch.randint(0, 100, (2, 7))
+    tp.pruner.BasePruner(model, {"input_ids": ids}, pruning_ratio=0.5).step()
+    expected = model(input_ids=ids).logits
+    tp.save_pruned(model, str(tmp_path / "bert"))
+    fresh = transformers.BertForSequenceClassification(config).eval()
+    tp.load_pruned(fresh, str(tmp_path / "bert"))
+    assert torch.equal(fresh(input_ids=ids).logits, expected)
+    buffer = io.BytesIO()
+    torch.save(tp.state_dict(model), buffer)
+    buffer.seek(0)
+    fresh = transformers.BertForSequenceClassification(config).eval()
+    tp.load_state_dict(fresh, torch.load(buffer, weights_only=True))
+    assert torch.equal(fresh(input_ids=ids).logits, expected)
+
+
+def test_whole_model_pickling_still_works(tmp_path):
+    model, x = _pruned("resnet18", 64)
+    path = tmp_path / "model.pth"
+    torch.save(model, path)
+    loaded = torch.load(path, weights_only=False)
+    assert torch.equal(run(loaded, x), run(model, x))
+
+
+@pytest.fixture(scope="module")
+def saved_resnet(tmp_path_factory):
+    model, x = _pruned("resnet18", 64)
+    directory = str(tmp_path_factory.mktemp("saved") / "resnet18")
+    tp.save_pruned(model, directory, model_spec="torchvision:resnet18")
+    return directory
+
+
+def _copy(directory, tmp_path):
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(directory, target)
+    return target
+
+
+def _assert_unchanged_after_error(target, match, tmp_path):
+    fresh = _fresh("resnet18")
+    before = _state(fresh)
+    with pytest.raises(tp.SerializationError, match=match):
+        tp.load_pruned(fresh, str(target))
+    after = fresh.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert fresh.conv1.out_channels == 64
+
+
+def test_truncated_weights_file(saved_resnet, tmp_path):
+    target = _copy(saved_resnet, tmp_path)
+    weights = target / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    _assert_unchanged_after_error(target, "truncated, modified or come from another save", tmp_path)
+
+
+def test_truncated_record(saved_resnet, tmp_path):
+    target = _copy(saved_resnet, tmp_path)
+    record = target / "pruning.json"
+    record.write_text(record.read_text()[:200])
+    _assert_unchanged_after_error(target, "not valid JSON", tmp_path)
+
+
+def test_tampered_record_shape(saved_resnet, tmp_path):
+    target = _copy(saved_resnet, tmp_path)
+    record = json.loads((target / "pruning.json").read_text())
+    record["structure"]["conv1"]["shapes"]["weight"][0] = 7
+    (target / "pruning.json").write_text(json.dumps(record))
+    _assert_unchanged_after_error(target, "weights do not match|could not load", tmp_path)
+
+
+def test_tampered_record_with_code_is_refused(saved_resnet, tmp_path):
+    target = _copy(saved_resnet, tmp_path)
+    record = json.loads((target / "pruning.json").read_text())
+    record["structure"]["conv1"]["shapes"]["weight"] = "__import__('os').system('echo pwned')"
+    (target / "pruning.json").write_text(json.dumps(record))
+    _assert_unchanged_after_error(target, "invalid shape", tmp_path)
+
+
+def test_record_naming_a_missing_module(saved_resnet, tmp_path):
+    target = _copy(saved_resnet, tmp_path)
+    record = json.loads((target / "pruning.json").read_text())
+    record["structure"]["layer9.conv"] = record["structure"]["conv1"]
+    (target / "pruning.json").write_text(json.dumps(record))
+    _assert_unchanged_after_error(target, "does not have", tmp_path)
+
+
+def test_wrong_model(saved_resnet):
+    fresh = torchvision.models.mobilenet_v2().eval()
+    before = _state(fresh)
+    with pytest.raises(tp.SerializationError, match="same architecture|does not have"):
+        tp.load_pruned(fresh, saved_resnet)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_swapped_weights_file(saved_resnet, tmp_path):
+    other, _ = _pruned("resnet18", 64, ratio=0.25)
+    other_dir = tmp_path / "other"
+    tp.save_pruned(other, str(other_dir))
+    target = _copy(saved_resnet, tmp_path)
+    (target / "weights.safetensors").write_bytes((other_dir / "weights.safetensors").read_bytes())
+    _assert_unchanged_after_error(target, "checksum differs", tmp_path)
+
+
+def test_not_a_pruned_state_dict():
+    fresh = _fresh("resnet18")
+    with pytest.raises(tp.SerializationError, match="format"):
+        tp.load_state_dict(fresh, fresh.state_dict())
+    with pytest.raises(tp.SerializationError, match="expected a pruned state dict"):
+        tp.load_state_dict(fresh, [1, 2, 3])
+
+
+def test_pickled_payloads_cannot_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "pruning_core.pruned/1", "structure": Evil()}, path)
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)
+    assert not (tmp_path / "pwned").exists()
