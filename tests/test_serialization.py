@@ -108,6 +108,20 @@ def _copy(directory, tmp_path):
     return target
 
 
+def _rewrite(target, record):
+    """Write an edited record with a valid checksum, as a different writer would: deeper checks must catch it."""
+    record["record_sha256"] = tp.serialization._record_digest(record)
+    (target / "pruning.json").write_text(json.dumps(record))
+
+
+def test_any_edit_of_the_record_is_detected(saved_resnet, tmp_path):
+    target = _copy(saved_resnet, tmp_path)
+    record = json.loads((target / "pruning.json").read_text())
+    record["structure"]["conv1"]["removed"]["out"] = [1]
+    (target / "pruning.json").write_text(json.dumps(record))
+    _assert_unchanged_after_error(target, "modified after it was saved", tmp_path)
+
+
 def _assert_unchanged_after_error(target, match, tmp_path):
     fresh = _fresh("resnet18")
     before = _state(fresh)
@@ -136,7 +150,7 @@ def test_tampered_record_shape(saved_resnet, tmp_path):
     target = _copy(saved_resnet, tmp_path)
     record = json.loads((target / "pruning.json").read_text())
     record["structure"]["conv1"]["shapes"]["weight"][0] = 7
-    (target / "pruning.json").write_text(json.dumps(record))
+    _rewrite(target, record)
     _assert_unchanged_after_error(target, "weights do not match|could not load", tmp_path)
 
 
@@ -144,7 +158,7 @@ def test_tampered_record_with_code_is_refused(saved_resnet, tmp_path):
     target = _copy(saved_resnet, tmp_path)
     record = json.loads((target / "pruning.json").read_text())
     record["structure"]["conv1"]["shapes"]["weight"] = "__import__('os').system('echo pwned')"
-    (target / "pruning.json").write_text(json.dumps(record))
+    _rewrite(target, record)
     _assert_unchanged_after_error(target, "invalid shape", tmp_path)
 
 
@@ -152,7 +166,7 @@ def test_record_naming_a_missing_module(saved_resnet, tmp_path):
     target = _copy(saved_resnet, tmp_path)
     record = json.loads((target / "pruning.json").read_text())
     record["structure"]["layer9.conv"] = record["structure"]["conv1"]
-    (target / "pruning.json").write_text(json.dumps(record))
+    _rewrite(target, record)
     _assert_unchanged_after_error(target, "does not have", tmp_path)
 
 

@@ -13,7 +13,7 @@ from .._gc import without_gc
 from ..errors import (ConfigurationError, EmptyLayerError, GraphError, InvalidIndicesError, NoHandlerError,
                       PruneFailedError, PruningError, TracingError, UnsupportedModelError)
 from . import handlers as hv
-from .dims import FROZEN, STRUCTURED, UNLOCKED, Atom, atom_offsets, coords, current_size, leaves, resolve
+from .dims import FROZEN, STRUCTURED, UNLOCKED, Atom, DimError, atom_offsets, coords, current_size, leaves, resolve
 from .group import Group, slot_handler
 from .rules import pointwise
 from .slots import Slot
@@ -191,25 +191,31 @@ class DependencyGraph:
         except PruningError:
             raise
         except Exception as exc:
-            where = recorder.current_scope
+            where = recorder.error_scope or recorder.current_scope
             raise TracingError(
                 f"the forward pass failed while tracing{f' in {where}' if where else ''}: "
                 f"{type(exc).__name__}: {exc}. Check example_inputs, or pass forward_fn(model, inputs)") from exc
         return recorder
 
     def _check_inputs(self, model: nn.Module, example_inputs: Any) -> None:
+        """Inputs on another device or in another float type than the weights are a user error."""
         from .trace import iter_tensors
 
-        try:
-            reference = next(iter(model.parameters()))
-        except StopIteration:
+        params = [p for p in model.parameters() if p.is_floating_point()]
+        if not params:
             return
-        for tensor in iter_tensors(example_inputs):
-            if tensor.is_floating_point() and tensor.device.type != reference.device.type and \
-                    "meta" not in (tensor.device.type, reference.device.type):
+        reference = params[0]
+        dtypes = {p.dtype for p in params}
+        for index, tensor in enumerate(iter_tensors(example_inputs)):
+            if tensor.device.type != reference.device.type and "meta" not in (tensor.device.type,
+                                                                               reference.device.type):
                 raise ConfigurationError(
-                    f"example_inputs are on {tensor.device} but the model is on {reference.device}; "
-                    "move them to the same device")
+                    f"example input {index} is on {tensor.device} but the model is on {reference.device}; "
+                    "move the inputs (or the model) to the same device")
+            if tensor.is_floating_point() and len(dtypes) == 1 and tensor.dtype != reference.dtype:
+                raise ConfigurationError(
+                    f"example input {index} is {tensor.dtype} but the model's weights are {reference.dtype}; "
+                    f"convert the inputs with .to({reference.dtype})")
 
     def _resolve_handler(self, module: nn.Module) -> Any:
         for cls in type(module).__mro__:
@@ -359,7 +365,7 @@ class DependencyGraph:
                 if len(atoms) != 1:
                     return False
                 group_atom, inner = space.split_factor(atoms[0], groups)
-            except Exception:
+            except DimError:
                 return False
         else:
             group_atom, inner = found

@@ -172,6 +172,7 @@ class Recorder:
                     self.param_owner.setdefault(id(buf), (name, module, attr, True))
         self.param_slots: Dict[int, List[Slot]] = {}
         self.output_shapes: List[Tuple[int, ...]] = []
+        self.error_scope: Optional[str] = None
 
     # -- tensor table -----------------------------------------------------------
     def _serial(self, tensor: torch.Tensor) -> Optional[int]:
@@ -410,6 +411,7 @@ def _install_hooks(model: torch.nn.Module, recorder: Recorder, tracer: "_Dispatc
             actions.append(("handled", inputs))
             recorder.handled_depth += 1
             if outermost:
+                recorder.scope.append(recorder.module_names.get(id(module), ""))  # names errors raised inside
                 tracer.__exit__(None, None, None)
         elif recorder.handled_depth == 0:
             actions.append(("scope", None))
@@ -425,9 +427,15 @@ def _install_hooks(model: torch.nn.Module, recorder: Recorder, tracer: "_Dispatc
             recorder.handled_depth -= 1
             if inputs is not None:
                 tracer.__enter__()
-                if output is not None:
-                    recorder.module_call(module, inputs, list(iter_tensors(output)))
+                if output is None and recorder.error_scope is None:
+                    recorder.error_scope = recorder.current_scope  # the innermost layer that raised
+                recorder.scope.pop()
+                if output is None:
+                    return
+                recorder.module_call(module, inputs, list(iter_tensors(output)))
         elif kind == "scope" and recorder.scope:
+            if output is None and recorder.error_scope is None:
+                recorder.error_scope = recorder.current_scope
             recorder.scope.pop()
 
     for module in model.modules():

@@ -102,11 +102,20 @@ class BasePruner:
             by_heads = options.prune_num_heads if hint is None or hint.prunable_heads is None else hint.prunable_heads
             within = options.prune_head_dims if hint is None or hint.prunable_head_dims is None \
                 else hint.prunable_head_dims
-            DG.set_channel_structure(module, count, "out", prunable_groups=by_heads, prunable_within=within,
-                                     group_size=hint.head_dim if hint is not None else None)
+            applied = DG.set_channel_structure(module, count, "out", prunable_groups=by_heads,
+                                               prunable_within=within,
+                                               group_size=hint.head_dim if hint is not None else None)
+            if not applied and hint is None:
+                raise ConfigurationError(
+                    f"num_heads={{{type(module).__name__}: {count}}}: the output channels of "
+                    f"{DG._module_names.get(id(module), type(module).__name__)} cannot be split into {count} heads; "
+                    "pass the number of heads of the projection that produces them")
         for side, table in (("out", options.out_channel_groups), ("in", options.in_channel_groups)):
             for module, count in table.items():
-                DG.set_channel_structure(module, count, side, prunable_groups=False, prunable_within=True)
+                if not DG.set_channel_structure(module, count, side, prunable_groups=False, prunable_within=True):
+                    raise ConfigurationError(
+                        f"{side}_channel_groups: {count} does not divide the {side}put channels of "
+                        f"{DG._module_names.get(id(module), type(module).__name__)}")
 
     def _plan_groups(self) -> List[PlannedGroup]:
         options = self.options
@@ -178,9 +187,14 @@ class BasePruner:
                           PruningWarning, stacklevel=2)
             return iter(()) if interactive else None
         self.current_step += 1
-        if interactive:
-            return self._interactive(plan_step(self._groups, self.current_step, self.options, self._score_planned))
-        self._run_step()
+        try:
+            if interactive:
+                return self._interactive(plan_step(self._groups, self.current_step, self.options,
+                                                   self._score_planned))
+            self._run_step()
+        except BaseException:
+            self.current_step -= 1  # the step did not happen
+            raise
         return None
 
     def _score_planned(self, planned: PlannedGroup) -> torch.Tensor:

@@ -89,13 +89,28 @@ def state_dict(model: nn.Module) -> Dict[str, Any]:
     Save it with ``torch.save``; load it with ``torch.load(path, weights_only=True)`` and
     :func:`load_state_dict` into a freshly built, unpruned model of the same architecture.
     """
-    return {
+    payload = {
         "format": FORMAT,
         "pruning_core": __version__,
         "structure": structure_of(model),
         "extra": _extra_state(model),
-        "state_dict": {k: v.detach() for k, v in model.state_dict().items()},
     }
+    tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    payload["weights_sha256"] = _tensors_digest(tensors)
+    payload["record_sha256"] = _record_digest(payload)
+    payload["state_dict"] = tensors
+    return payload
+
+
+def _tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Checksum of names, dtypes, shapes and bytes of every tensor, in key order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.device.type != "meta" and tensor.numel():
+            digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -107,6 +122,15 @@ def _check_payload(payload: Any) -> Tuple[Dict[str, Any], Dict[str, Any], Mappin
             f"not a pruning_core pruned state dict: format is {payload.get('format')!r}, expected {FORMAT!r}. "
             "Was it saved with tp.state_dict(model)?")
     structure, extra, tensors = payload.get("structure"), payload.get("extra", {}), payload.get("state_dict")
+    digest = payload.get("record_sha256")
+    if digest is not None:  # written by tp.state_dict: both checksums must hold
+        body = {k: payload.get(k) for k in ("format", "pruning_core", "structure", "extra", "weights_sha256")}
+        if digest != _record_digest(body):
+            raise SerializationError("the pruned state dict's record was modified after it was saved (its "
+                                     "checksum does not match); save the pruned model again")
+        if isinstance(tensors, Mapping) and payload.get("weights_sha256") != _tensors_digest(tensors):
+            raise SerializationError("the pruned state dict's weights were modified after they were saved (their "
+                                     "checksum does not match); save the pruned model again")
     if not isinstance(structure, dict) or not isinstance(extra, dict) or not isinstance(tensors, Mapping):
         raise SerializationError("the pruned state dict is incomplete: 'structure', 'extra' or 'state_dict' is "
                                  "missing or of the wrong type")
@@ -254,9 +278,16 @@ def save_pruned(model: nn.Module, directory: str, model_spec: Optional[str] = No
     record = {key: payload[key] for key in ("format", "pruning_core", "structure", "extra")}
     record.update({"aliases": aliases, "weights_sha256": _sha256(weights_path), "model_spec": model_spec,
                    "metadata": metadata or {}})
+    record["record_sha256"] = _record_digest(record)
     with open(os.path.join(directory, RECORD_FILE), "w") as handle:
         json.dump(record, handle, indent=1, sort_keys=True)
     return directory
+
+
+def _record_digest(record: Dict[str, Any]) -> str:
+    """Checksum of everything in the record except the checksum itself (canonical JSON)."""
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def read_record(directory: str) -> Dict[str, Any]:
@@ -272,6 +303,9 @@ def read_record(directory: str) -> Dict[str, Any]:
         raise SerializationError(f"{path} is not valid JSON ({exc}); the file is truncated or was edited") from None
     if not isinstance(record, dict):
         raise SerializationError(f"{path} does not hold a pruning record")
+    if record.get("record_sha256") != _record_digest(record):
+        raise SerializationError(f"{path} was modified after it was saved (its checksum does not match); "
+                                 "save the pruned model again")
     return record
 
 
@@ -299,7 +333,7 @@ def load_pruned(model: nn.Module, directory: str) -> nn.Module:
         if source not in tensors:
             raise SerializationError(f"{RECORD_FILE}: alias {alias!r} points to missing tensor {source!r}")
         tensors[alias] = tensors[source]
-    payload = {key: record.get(key) for key in ("format", "structure", "extra")}
+    payload = {key: record.get(key) for key in ("format", "structure", "extra")}  # checked with the record
     payload["state_dict"] = tensors
     load_state_dict(model, payload)
     # Keep tied weights tied, as they were when saved.

@@ -48,14 +48,22 @@ def ensure_record(module: nn.Module) -> Dict[str, Any]:
 
 
 def note_removed(module: nn.Module, key: str, size_before: int, removed: torch.Tensor) -> None:
-    """Channels ``removed`` (current positions) of the module's ``key`` side/dim are gone."""
+    """Channels ``removed`` (current positions) of the module's ``key`` side/dim are gone.
+
+    The record is replaced, never edited in place, so restoring a module's
+    ``__dict__`` after a failed step also restores its record.
+    """
     record = ensure_record(module)
     kept: Optional[List[int]] = record["kept"].get(key)
+    sizes = dict(record["sizes"])
     if kept is None:
         kept = list(range(size_before))
-        record["sizes"][key] = size_before
+        sizes[key] = size_before
     gone = set(int(i) for i in removed.tolist())
-    record["kept"][key] = [orig for position, orig in enumerate(kept) if position not in gone]
+    updated = dict(record)
+    updated["kept"] = {**record["kept"], key: [orig for position, orig in enumerate(kept) if position not in gone]}
+    updated["sizes"] = sizes
+    module.__dict__[RECORD_ATTR] = updated
 
 
 def changes(module: nn.Module) -> Optional[Dict[str, Any]]:

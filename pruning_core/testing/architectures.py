@@ -23,7 +23,7 @@ Spec = List[Dict[str, Any]]
 # Blocks whose output depends on channels only through weights and per-channel ops.
 SAFE = {"conv", "residual", "concat", "shuffle_split", "view_shuffle", "depthwise", "grouped", "pixel_shuffle",
         "channels_last_linear", "squeeze_excite", "scale", "prelu", "upsample_cat", "slice_cat", "conv1d_path",
-        "transpose_conv", "chunk_gate", "flatten_head", "unbind_sum"}
+        "transpose_conv", "chunk_gate", "flatten_head", "unbind_sum", "split_uneven"}
 UNSAFE = {"layernorm", "groupnorm", "attention", "instancenorm", "mean_mix", "rmsnorm", "embedding_add"}
 KINDS = sorted((SAFE | UNSAFE) - {"flatten_head"})
 
@@ -82,6 +82,9 @@ def random_spec(rng: random.Random, max_blocks: int = 5, allow_unsafe: bool = Tr
             block["extra"] = rng.choice([4, 8])
             block["out"] = block["keep"] + block["extra"]
         elif kind == "unbind_sum":
+            block["out"] = channels
+        elif kind == "split_uneven":
+            block["first"] = rng.randint(1, channels - 1)
             block["out"] = channels
         else:
             block["out"] = channels
@@ -152,6 +155,9 @@ class _Block(nn.Module):
             self.extra = nn.Conv2d(c, block["extra"], 1)
         elif k == "unbind_sum":
             self.conv = nn.Conv2d(c, c * 2, 1)
+        elif k == "split_uneven":
+            self.first = block["first"]
+            self.conv = nn.Conv2d(self.first, self.first, 3, padding=1)
         elif k == "layernorm":
             self.norm = nn.LayerNorm(c)
         elif k == "rmsnorm":
@@ -215,6 +221,9 @@ class _Block(nn.Module):
             return torch.cat([F.interpolate(small, scale_factor=2.0, mode="nearest"), self.skip(x)], dim=1)
         if k == "slice_cat":
             return torch.cat([x[:, : self.keep], self.extra(x)], dim=1)
+        if k == "split_uneven":
+            a, b = torch.split(x, [self.first, x.shape[1] - self.first], dim=1)
+            return torch.cat([self.conv(a), b], dim=1)
         if k == "unbind_sum":
             y = self.conv(x)
             n, c2, h, w = y.shape
