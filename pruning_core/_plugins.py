@@ -330,8 +330,8 @@ class PluginHub:
     def structure_hints(self, model: Any) -> List[StructureHint]:
         return self._collect("collect_structure_hints", StructureHint, model=model)
 
-    def fixup_after_prune(self, model: Any, modules: Dict[str, Any]) -> None:
-        self.pm.hook.fixup_after_prune(model=model, modules=modules)
+    def fixup_after_prune(self, model: Any, modules: Dict[str, Any], graph: Any = None) -> None:
+        self.pm.hook.fixup_after_prune(model=model, modules=modules, graph=graph)
 
     def model_schemes(self) -> List[ModelScheme]:
         return self._cached("schemes", lambda: self._collect("register_model_schemes", ModelScheme))

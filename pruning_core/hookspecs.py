@@ -93,7 +93,7 @@ def collect_structure_hints(model: Any) -> Iterable[Any]:
 
 
 @hookspec
-def fixup_after_prune(model: Any, modules: Any) -> None:
+def fixup_after_prune(model: Any, modules: Any, graph: Any) -> None:
     """Notification: channels of ``modules`` were just removed; update attributes that depend on them.
 
     Layer handlers keep their own layer consistent. This hook is for the rest:
@@ -102,9 +102,12 @@ def fixup_after_prune(model: Any, modules: Any) -> None:
     It runs inside the same transaction as the pruning: if it raises, the model
     is restored.
 
-    :param model: the root module that was pruned.
+    :param model: the root module that was pruned (or a trial copy of it).
     :param modules: a mapping from qualified name to module, holding every
         module whose parameters changed and all of their ancestors.
+    :param graph: the :class:`pruning_core.DependencyGraph`; for example
+        ``graph.channel_structure("layers.0.self_attn.q_proj")`` gives the
+        current sizes of the factors of a layer's output channels (heads, head size).
 
     Added in 0.1.
     """

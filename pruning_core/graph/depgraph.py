@@ -344,6 +344,23 @@ class DependencyGraph:
             return out_slot
         return out_slot if side == "out" else in_slot
 
+    def channel_structure(self, name: str, side: str = "out") -> List[int]:
+        """Current sizes of the product factors of a layer's channels, outermost first.
+
+        For a projection viewed as heads this is ``[heads, head_size]`` (or
+        ``[kv_heads, queries_per_kv, head_size]`` with grouped-query attention, or
+        ``[3, heads, head_size]`` for a fused qkv); a plain layer gives ``[channels]``.
+        """
+        from .dims import Prod
+
+        module = self._lookup.get(name)
+        if module is None:
+            raise ConfigurationError(f"no module named {name!r} in the traced model")
+        in_slot, out_slot = self.module_slots(module)
+        expr = self._index.slot_exprs[(out_slot if side == "out" else in_slot).serial]
+        factors = expr.factors if type(expr) is Prod else (expr,)
+        return [current_size(f) for f in factors]
+
     # -- structure hints ------------------------------------------------------------
     def set_channel_structure(self, module: nn.Module, groups: int, side: str = "out",
                               prunable_groups: bool = False, prunable_within: bool = True,
@@ -415,9 +432,14 @@ class DependencyGraph:
         if validate if validate is not None else self._validate:
             self.validate_groups(protected)
         seen: Set[Atom] = set()
-        root_types = tuple(root_module_types)
+        root_types = tuple(root_module_types) if root_module_types is not None else None
         for module in self.model.modules():
-            if not isinstance(module, root_types) or id(module) not in self._recorder.module_slots:
+            if id(module) not in self._recorder.module_slots:
+                continue
+            if root_types is None:
+                if hv.is_coupled(self._recorder.module_slots[id(module)][1].handler):
+                    continue
+            elif not isinstance(module, root_types):
                 continue
             out_slot = self._recorder.module_slots[id(module)][1]
             for atom in self.prunable_atoms(out_slot, protected):
@@ -615,30 +637,37 @@ class DependencyGraph:
         snapshot = ModuleSnapshot(touched + self._shared_owners(), deep=deep)
         for module in touched:
             ensure_record(module)  # remember the original state before anything changes
+        saved_alive = [(atom, atom.alive) for atom, _ in selections]
         try:
             for slot in members:
                 key = f"param:{slot.target.attr}:{slot.dim}" if slot.is_param else slot.kind
                 note_removed(slot.target.owner, key, current_size(index.slot_exprs[slot.serial]),
                              positions[slot.serial])
-            self._apply(self.model, self._lookup, members, positions, lambda slot: slot.target.owner)
+            self._apply(self.model, self._lookup, members, positions, lambda slot: slot.target.owner, selections)
             self._retie_shared_parameters()
-        except PruneFailedError:
-            snapshot.restore()
-            raise
         except Exception as exc:
             snapshot.restore()
+            for atom, alive in saved_alive:
+                atom.alive = alive
+            if isinstance(exc, PruneFailedError):
+                raise
             raise PruneFailedError(f"tied parameters could not be kept tied: {exc}. The model was restored.") from exc
-        _mark_removed(selections)
         root = root if root is not None and root.serial in positions else members[0]
         self.history.append({"module": root.target.name, "attr": root.target.attr, "kind": root.kind,
                              "dim": root.dim, "idxs": positions[root.serial].tolist()})
 
     def _apply(self, model: nn.Module, lookup: Dict[str, nn.Module], members: Sequence[Slot],
-               positions: Dict[int, torch.Tensor], owner_of: Callable[[Slot], nn.Module]) -> None:
-        """Run the handlers of ``members`` on ``model`` (the real one or a trial copy), then the fix-ups."""
+               positions: Dict[int, torch.Tensor], owner_of: Callable[[Slot], nn.Module],
+               selections: Sequence[Tuple[Atom, torch.Tensor]]) -> None:
+        """Run the handlers of ``members`` on ``model`` (the real one or a trial copy), then the fix-ups.
+
+        The channel bookkeeping is updated before the fix-ups, so they see the new sizes
+        (``channel_structure``); it is put back if anything fails.
+        """
         from ..builtin.handlers.parameter import prune_parameter_handler
 
         current: Optional[Slot] = None
+        saved_alive = [(atom, atom.alive) for atom, _ in selections]
         try:
             for slot in members:
                 current = slot
@@ -652,9 +681,12 @@ class DependencyGraph:
                     slot_handler(slot)(owner, idxs.tolist())  # the contract promises a list of ints
             current = None
             self._refresh_unhandled(members, owner_of)
+            _mark_removed(selections)
             names = {self._module_names.get(id(slot.target.owner), ""): owner_of(slot) for slot in members}
-            self._hub.fixup_after_prune(model=model, modules=self._with_ancestors(lookup, names))
+            self._hub.fixup_after_prune(model=model, modules=self._with_ancestors(lookup, names), graph=self)
         except Exception as exc:
+            for atom, alive in saved_alive:
+                atom.alive = alive
             if current is not None:
                 who = "parameter pruner" if current.is_param else hv.handler_name(current.handler)
                 where = f"{who} failed on {current.describe()} ({type(current.target.owner).__name__})"
@@ -670,7 +702,7 @@ class DependencyGraph:
         slots = {s.serial: s for s in self._recorder.slots}
         members = [slots[s] for s in positions]
         self._apply(model, lookup, members, positions,
-                    lambda slot: lookup[self._module_names.get(id(slot.target.owner), "")])
+                    lambda slot: lookup[self._module_names.get(id(slot.target.owner), "")], selections)
 
     def save_state(self) -> Any:
         """Everything pruning can change (modules, channel bookkeeping, history), to undo a whole step."""
@@ -845,17 +877,26 @@ def _make_forward(forward_fn: Optional[Callable[[nn.Module, Any], Any]],
 
 
 def _find_group_factor(expr: Any, groups: int, group_size: Optional[int]) -> Optional[Tuple[Any, Any]]:
-    """In a product expression, the factor of size ``groups`` and everything after it."""
+    """In a product expression, a run of factors whose sizes multiply to ``groups``, and what follows it.
+
+    With grouped-query attention the heads of a query projection are two
+    factors (key/value heads times queries per key/value head).
+    """
     from .dims import Prod
 
     if type(expr) is not Prod:
         return None
     factors = expr.factors
-    for index, factor in enumerate(factors):
-        if factor.size == groups:
-            inner = resolve(Prod(factors[index + 1:]))
-            if group_size is None or inner.size == group_size:
-                return factor, inner
+    for start in range(len(factors)):
+        product = 1
+        for stop in range(start, len(factors)):
+            product *= factors[stop].size
+            if product == groups:
+                inner = resolve(Prod(factors[stop + 1:]))
+                if group_size is None or inner.size == group_size:
+                    return resolve(Prod(factors[start:stop + 1])), inner
+            if product > groups:
+                break
     return None
 
 

@@ -128,14 +128,11 @@ class TrialRunner:
         """
         trial = _clone_module(self.base, lambda t: t, {})
         lookup = dict(trial.named_modules())
-        from .depgraph import _mark_removed
-
         chosen = [item if isinstance(item, tuple) else (item, torch.tensor([0])) for item in selections]
         saved = [(atom, atom.alive) for atom, _ in chosen]
         try:
-            for selection in chosen:  # one group at a time, as real pruning does
+            for selection in chosen:  # one group at a time, as real pruning does (it updates the bookkeeping)
                 self.graph._apply_selections_to(trial, lookup, [selection])
-                _mark_removed([selection])
             output = self._run(trial, self.inputs)
         except Exception as exc:
             return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"

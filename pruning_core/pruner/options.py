@@ -9,7 +9,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 from torch import nn
 
 from ..errors import ConfigurationError
-from ..graph.depgraph import DEFAULT_ROOT_TYPES
 from .scheduler import linear_scheduler
 
 # Older Torch-Pruning spellings still found in user code.
@@ -54,7 +53,7 @@ class PruningOptions:
     head_pruning_ratio_dict: Dict[Any, float] = dataclasses.field(default_factory=dict)
     customized_pruners: Dict[Type, Any] = dataclasses.field(default_factory=dict)
     unwrapped_parameters: List[Any] = dataclasses.field(default_factory=list)
-    root_module_types: Tuple[type, ...] = DEFAULT_ROOT_TYPES
+    root_module_types: Optional[Tuple[type, ...]] = None  # None: every layer with a handler
     forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None
     output_transform: Optional[Callable[[Any], Any]] = None
     validate: bool = True
@@ -99,7 +98,8 @@ class PruningOptions:
                     raise ConfigurationError(f"{name} must map modules to positive ints, got {module!r}: {value!r}")
         if not callable(self.iterative_pruning_ratio_scheduler):
             raise ConfigurationError("iterative_pruning_ratio_scheduler must be callable(ratio, steps) -> list")
-        self.root_module_types = tuple(self.root_module_types)
+        if self.root_module_types is not None:
+            self.root_module_types = tuple(self.root_module_types)
         schedule = self.iterative_pruning_ratio_scheduler(self.pruning_ratio, self.iterative_steps)
         if len(schedule) != self.iterative_steps + 1:
             raise ConfigurationError(

@@ -160,6 +160,7 @@ def _rebuild(model: nn.Module, structure: Dict[str, Any]) -> None:
     """Resize the recorded tensors and set the recorded attributes on a fresh model."""
     modules = dict(model.named_modules())
     replaced: Dict[int, torch.Tensor] = {}  # keeps tied weights tied
+    originals: List[torch.Tensor] = []  # keeps replaced tensors alive, so their ids cannot be reused
     for name, entry in structure.items():
         module = modules.get(name)
         if module is None:
@@ -174,6 +175,7 @@ def _rebuild(model: nn.Module, structure: Dict[str, Any]) -> None:
             if current is None:
                 raise SerializationError(f"the record resizes {name}.{tname}, which this model does not have")
             if id(current) not in replaced:
+                originals.append(current)
                 fresh = torch.empty(shape, dtype=current.dtype, device=current.device)
                 replaced[id(current)] = (nn.Parameter(fresh, requires_grad=current.requires_grad)
                                          if isinstance(current, nn.Parameter) else fresh)
@@ -184,11 +186,13 @@ def _rebuild(model: nn.Module, structure: Dict[str, Any]) -> None:
         if callable(init_flat):
             init_flat()
     # A tied tensor resized through one owner must be resized in every owner.
+    fresh_ids = {id(t) for t in replaced.values()}
     for module in modules.values():
         for store in (module._parameters, module._buffers):
             for tname, tensor in list(store.items()):
-                if tensor is not None and id(tensor) in replaced:
+                if tensor is not None and id(tensor) in replaced and id(tensor) not in fresh_ids:
                     store[tname] = replaced[id(tensor)]
+    del originals
 
 
 def _restore_extra(model: nn.Module, extra: Dict[str, Any]) -> None:

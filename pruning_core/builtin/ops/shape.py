@@ -265,6 +265,18 @@ def channel_shuffle(call: OpCall) -> None:
     call.set(call.outputs[0], out)
 
 
+def restride(call: OpCall) -> None:
+    """``as_strided``: handled only when it just adds or drops size-1 dims (how some kernels squeeze)."""
+    source = call.args[0]
+    out = call.outputs[0]
+    kept_in = [(s, st) for s, st in zip(source.shape, source.stride()) if s != 1]
+    kept_out = [(s, st) for s, st in zip(out.shape, out.stride()) if s != 1]
+    if kept_in != kept_out or out.storage_offset() != source.storage_offset():
+        raise DimError("as_strided with a new layout")
+    dims = iter(e for e, s in zip(call.dims(source), source.shape) if s != 1)
+    call.set(out, [ONE if size == 1 else next(dims) for size in out.shape])
+
+
 def positions_matter(call: OpCall) -> None:
     """roll/flip: positions along the given dims move, so those dims cannot be pruned."""
     source = call.args[0]
@@ -312,6 +324,8 @@ def register_op_rules():
         "aten::roll": positions_matter,
         "aten::flip": positions_matter,
         "aten::unfold": unfold,
+        "aten::as_strided": restride,
+        "aten::as_strided_": restride,
     })
 
 

