@@ -66,10 +66,10 @@ def test_llama_grouped_query_heads_can_be_pruned(tmp_path):
     pruner.step()
     attn = model.model.layers[0].self_attn
     config = model.config
-    # 8 query heads in 2 key/value groups: halving removes one kv group and half the queries of each group.
-    assert (config.num_attention_heads, config.num_key_value_heads) == (2, 1)
-    assert attn.q_proj.out_features == 2 * 8 and attn.k_proj.out_features == 8
-    assert attn.num_key_value_groups == 2 and attn.head_dim == 8
+    # 8 query heads in 2 key/value groups: halving removes one whole group (1 kv head, 4 query heads).
+    assert (config.num_attention_heads, config.num_key_value_heads) == (4, 1)
+    assert attn.q_proj.out_features == 4 * 8 and attn.k_proj.out_features == 8
+    assert attn.num_key_value_groups == 4 and attn.head_dim == 8
     expected = logits(model, inputs)
     model.generate(**inputs, max_new_tokens=4, do_sample=False)
     model.save_pretrained(tmp_path)

@@ -61,10 +61,14 @@ def structure_hints(model: nn.Module) -> List[StructureHint]:
             hints.append(StructureHint(module=parts["fused"], num_heads=max(1, width // size), head_dim=size,
                                        prunable_head_dims=keep_dims))
             continue
+        # With grouped-query attention the removable heads are whole key/value groups: each takes its
+        # key, value and query heads along, so num_key_value_groups stays the same.
+        kv_heads = max(1, parts["k"].out_features // size)
         for key in ("q", "k", "v"):
             projection = parts[key]
-            hints.append(StructureHint(module=projection, num_heads=max(1, projection.out_features // size),
-                                       head_dim=size, prunable_head_dims=keep_dims))
+            inner = projection.out_features // kv_heads
+            hints.append(StructureHint(module=projection, num_heads=kv_heads, head_dim=inner,
+                                       prunable_head_dims=keep_dims))
     return hints
 
 
