@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 
 import pytest
@@ -290,3 +291,59 @@ def test_repeated_blocks_give_proportional_structure():
     assert large[0] == 8 * small[0]
     assert large[1] + 1 == 8 * (small[1] + 1)  # the last layer feeds the output
     assert large[2] == small[2] == 2
+
+
+class BlurredConv(nn.Module):
+    """A fixed per-channel filter kept as a buffer and applied with F.conv2d (timm's BlurPool, TResNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.register_buffer("filt", torch.rand(6, 1, 3, 3))
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.head(F.conv2d(y, self.filt, padding=1, groups=y.shape[1]))
+
+
+def test_buffer_used_directly_is_pruned_with_its_channels():
+    # Regression (sweep, timm tresnet_m): buffer slots had no handler, scoring crashed.
+    model = BlurredConv().eval()
+    x = torch.randn(1, 3, 8, 8)
+    group = oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.conv, tp.prune_conv_out_channels, [1, 4]))
+    assert any(item.dep.target.qualname == "filt" for item in group)
+    pruned = copy.deepcopy(model)
+    tp.pruner.MagnitudePruner(pruned, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                              ignored_layers=[pruned.head]).step()
+    assert pruned.filt.shape[0] == pruned.conv.out_channels == 3
+
+
+class WeightUsedDirectly(nn.Module):
+    """A projection whose weight is applied with F.linear, as timm's EVA and BEiT attention do."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24, bias=False)
+        self.num_heads, self.head_dim = 2, 4
+        self.out = nn.Linear(24, 3)
+
+    def forward(self, x):
+        return self.out(F.linear(x, self.qkv.weight))
+
+
+def test_module_that_never_ran_gets_a_clear_error():
+    # Regression (sweep, timm vit_*_dinov3): a head hint on such a projection raised NoHandlerError;
+    # plugin hints are now skipped there, and a user's num_heads gets an error naming the argument.
+    model = WeightUsedDirectly().eval()
+    x = torch.randn(2, 8)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    assert not DG.ran_as_module(model.qkv) and DG.ran_as_module(model.out)
+    with pytest.raises(tp.GraphError, match="not called as a module"):
+        DG.module_slots(model.qkv)
+    with pytest.raises(tp.ConfigurationError, match="num_heads.*qkv"):
+        tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                                  num_heads={model.qkv: 2}, ignored_layers=[model.out])
+    tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                              ignored_layers=[model.out]).step()
+    assert run(model, x).shape == (2, 3) and model.qkv.weight.shape[0] < 24

@@ -290,9 +290,15 @@ class DependencyGraph:
         name = self._module_names.get(id(module))
         if name is None:
             raise ConfigurationError(f"{type(module).__name__} is not part of the traced model")
-        if id(module) not in recorder.handlers:
+        if id(module) not in recorder.handlers and self._resolve_handler(module) is None:
             raise self.no_handler_error(module, name)
-        raise GraphError(f"{name} ({type(module).__name__}) did not run during tracing, so it has no channels to prune")
+        raise GraphError(f"{name} ({type(module).__name__}) was not called as a module during tracing (its forward "
+                         "did not run, though its parameters may have been used directly), so it has no channels "
+                         "of its own to prune")
+
+    def ran_as_module(self, module: nn.Module) -> bool:
+        """Whether ``module``'s forward ran during tracing (not only its parameters used by other code)."""
+        return self._recorder is not None and id(module) in self._recorder.module_slots
 
     def no_handler_error(self, module: nn.Module, name: Optional[str] = None) -> NoHandlerError:
         name = name or self._module_names.get(id(module), type(module).__name__)
@@ -447,6 +453,17 @@ class DependencyGraph:
                     continue
                 seen.add(atom)
                 yield Group(self, [(atom, torch.arange(atom.current_size))], out_slot)
+        if root_types is not None:
+            return
+        # Channels only a directly used weight produces (F.linear(x, qkv.weight)) are rooted at that weight.
+        for slots in self._recorder.param_slots.values():
+            for slot in slots:
+                if slot.kind != "param" or slot.dim != 0:
+                    continue
+                for atom in self.prunable_atoms(slot, protected):
+                    if atom not in seen:
+                        seen.add(atom)
+                        yield Group(self, [(atom, torch.arange(atom.current_size))], slot)
 
     def validate_groups(self, protected: Set[Atom] = frozenset()) -> Dict[Atom, str]:
         """Freeze every candidate group whose removal breaks a trial forward pass; return them with reasons."""

@@ -56,7 +56,8 @@ class Slot:
 
     @property
     def is_param(self) -> bool:
-        return self.kind == "param"
+        """A raw tensor slot (a parameter or a buffer used directly), pruned along ``dim``."""
+        return self.kind in ("param", "buffer")
 
     def resolved(self) -> Expr:
         return resolve(self.expr)

@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List
 
-from pruning_core import StructureHint, hookimpl
+from pruning_core import ModelScheme, StructureHint, hookimpl
+
+
+def _is_timm_model(model: Any) -> bool:
+    return type(model).__module__.startswith("timm.")
 
 
 @hookimpl
 def collect_structure_hints(model: Any) -> List[StructureHint]:
-    """Keep the classifier that ``model.get_classifier()`` names."""
-    if not type(model).__module__.startswith("timm."):
+    """Heads of fused-qkv attention, and the classifier (kept)."""
+    if not _is_timm_model(model):
         return []
-    classifier = getattr(model, "get_classifier", lambda: None)()
-    return [StructureHint(module=classifier, keep=True)] if hasattr(classifier, "weight") else []
+    from .blocks import structure_hints
+
+    return structure_hints(model)
+
+
+@hookimpl
+def fixup_after_prune(model: Any, modules: Dict[str, Any], graph: Any) -> None:
+    """Attention heads, Scale shapes, classifier-head widths and num_features."""
+    if not _is_timm_model(model):
+        return
+    from .blocks import fix_all
+
+    fix_all(model, modules, graph)
+
+
+@hookimpl
+def register_model_schemes() -> List[ModelScheme]:
+    return [ModelScheme("timm", "timm:convnext_tiny", "a timm architecture with random weights")]
+
+
+@hookimpl
+def resolve_model_spec(spec: str) -> Any:
+    if not spec.startswith("timm:"):
+        return None
+    from .sources import resolve
+
+    return resolve(spec)

@@ -1,0 +1,20 @@
+"""The ``timm:NAME`` model spec: a timm architecture with random weights."""
+
+from __future__ import annotations
+
+import torch
+
+from pruning_core import ConfigurationError, ModelSource
+
+
+def resolve(spec: str) -> ModelSource:
+    import timm
+
+    name = spec.partition(":")[2]
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name}*")[:5]
+        raise ConfigurationError(f"timm has no model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
+    model = timm.create_model(name, pretrained=False).eval()
+    size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
+    keep = (model.get_classifier(),) if hasattr(model.get_classifier(), "weight") else ()
+    return ModelSource(model, torch.randn(1, *size), spec, keep=keep, description=f"timm {name} (random weights)")

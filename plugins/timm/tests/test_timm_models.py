@@ -1,0 +1,138 @@
+"""timm models prune with no user patch, and timm's own APIs keep working afterwards."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+timm = pytest.importorskip("timm")
+
+import pruning_core as tp  # noqa: E402
+from pruning_core_timm.blocks import final_classifiers  # noqa: E402
+
+# name, create_model keyword arguments (smaller depths keep the test fast), whether to prune heads
+MODELS = [
+    ("vit_tiny_patch16_224", {"depth": 4}, True),
+    ("deit_tiny_distilled_patch16_224", {"depth": 2}, True),
+    ("vit_tiny_patch16_dinov3_qkvb", {"depth": 2}, True),
+    ("poolformerv2_s12", {}, False),
+    ("convnext_atto", {}, False),
+    ("efficientnet_b0", {}, False),
+    ("maxvit_pico_rw_256", {}, False),
+    ("swin_tiny_patch4_window7_224", {"depths": (1, 1, 2, 1)}, True),
+    ("mixer_s16_224", {}, False),
+    ("levit_128s", {}, False),
+]
+
+
+def build(name, kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    return model, torch.randn(1, *model.pretrained_cfg["input_size"])
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,kwargs,heads", MODELS, ids=[m[0] for m in MODELS])
+def test_prune_and_use_timm_apis(name, kwargs, heads):
+    model, x = build(name, kwargs)
+    with torch.no_grad():
+        reference = model(x)
+    before = count(model)
+    pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                                       prune_num_heads=heads, ignored_layers=final_classifiers(model))
+    pruner.step()
+    assert count(model) < 0.8 * before
+    with torch.no_grad():
+        assert model(x).shape == reference.shape
+        features = model.forward_features(x)
+        pooled = model.forward_head(features, pre_logits=True)
+        assert pooled.shape[-1] == model.head_hidden_size
+        model.reset_classifier(7)
+        assert model(x).shape == (1, 7)
+    assert model.pretrained_cfg["input_size"] == tuple(x.shape[1:])
+
+
+def _attention_modules(model):
+    return [m for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")]
+
+
+def test_vit_head_pruning_needs_no_patch_and_matches_zeroed_heads():
+    model, x = build("vit_tiny_patch16_224", {"depth": 2})
+    twin = copy.deepcopy(model)
+    heads_before = [a.num_heads for a in _attention_modules(model)]
+    pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.0,
+                                       prune_num_heads=True, head_pruning_ratio=0.5,
+                                       ignored_layers=final_classifiers(model))
+    pruner.step()
+    for attention, before in zip(_attention_modules(model), heads_before):
+        assert attention.num_heads == before - before // 2  # half, rounded to keep more
+        assert attention.qkv.out_features == 3 * attention.num_heads * attention.head_dim
+        assert attention.proj.in_features == attention.num_heads * attention.head_dim
+    # Oracle: removing heads equals zeroing their share of the output projection.
+    for pruned, original in zip(_attention_modules(model), _attention_modules(twin)):
+        size = original.head_dim
+        q_rows = original.qkv.weight[: original.num_heads * size]
+        kept_q = pruned.qkv.weight[: pruned.num_heads * size]
+        kept = {h for h in range(original.num_heads)
+                if any(torch.equal(q_rows[h * size:(h + 1) * size], kept_q[k * size:(k + 1) * size])
+                       for k in range(pruned.num_heads))}
+        assert len(kept) == pruned.num_heads
+        with torch.no_grad():
+            for h in set(range(original.num_heads)) - kept:
+                original.proj.weight[:, h * size:(h + 1) * size] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), twin(x), rtol=1e-4, atol=1e-5)
+
+
+def test_metaformer_scale_shape_follows_its_parameter():
+    model, x = build("poolformerv2_s12", {})
+    scales = [m for m in model.modules() if type(m).__name__ == "Scale"]
+    assert scales and all(isinstance(s.shape, tuple) for s in scales)
+    tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                              ignored_layers=final_classifiers(model)).step()
+    assert any(s.scale.numel() < 320 for s in scales)
+    for scale in scales:
+        assert scale.shape[0] == scale.scale.numel()
+    with torch.no_grad():
+        assert model(x).shape == (1, 1000)
+
+
+def test_pruned_timm_model_saves_and_loads(tmp_path):
+    model, x = build("vit_tiny_patch16_224", {"depth": 2})
+    tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                              prune_num_heads=True, ignored_layers=final_classifiers(model)).step()
+    tp.save_pruned(model, tmp_path / "vit")
+    fresh, _ = build("vit_tiny_patch16_224", {"depth": 2})
+    tp.load_pruned(fresh, tmp_path / "vit")
+    assert [a.num_heads for a in _attention_modules(fresh)] == [a.num_heads for a in _attention_modules(model)]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_timm_model_spec_on_the_command_line(tmp_path):
+    output = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "pruning_core", "prune", "timm:convnext_atto", "--ratio", "0.25",
+                             "--output", str(output), "--json", "--no-latency"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["reload_check"]["ok"]
+    assert report["after"]["params"] < report["before"]["params"]
+    fresh = timm.create_model("convnext_atto", pretrained=False).eval()
+    tp.load_pruned(fresh, str(output))
+    assert fresh.num_features < 320 and fresh(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_plugin_imports_without_timm():
+    code = ("import sys, pruning_core, pruning_core_timm.plugin; "
+            "assert 'timm' not in sys.modules, sorted(m for m in sys.modules if m.startswith('timm'))")
+    subprocess.run([sys.executable, "-c", code], check=True)
