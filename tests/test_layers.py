@@ -260,3 +260,14 @@ def test_low_level_functions_are_exported():
     smaller = tp.prune_parameter_out_channels(param, [0, 5])
     assert isinstance(smaller, nn.Parameter) and smaller.shape == (4, 4)
     torch.testing.assert_close(smaller.data, param.data[1:5])
+
+
+@pytest.mark.parametrize("fn", [tp.prune_conv_out_channels, tp.prune_conv_in_channels])
+def test_functional_conv_pruning_of_a_depthwise_conv_keeps_groups_in_step(fn):
+    # Regression (yolo plugin): the plain conv function left groups=8 on a 4-channel depthwise conv.
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    x = torch.randn(1, 8, 5, 5)
+    expected = conv(x)[:, [0, 2, 4, 6]]
+    fn(conv, [1, 3, 5, 7])
+    assert (conv.in_channels, conv.out_channels, conv.groups) == (4, 4, 4)
+    torch.testing.assert_close(conv(x[:, [0, 2, 4, 6]]), expected)

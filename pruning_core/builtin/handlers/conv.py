@@ -30,6 +30,10 @@ def _set_groups(layer: nn.Module) -> None:
         layer.groups = max(1, layer.in_channels // per_group_in)
 
 
+def _is_depthwise(layer: nn.Module) -> bool:
+    return layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
+
+
 class ConvPruner(BasePruningFunc):
     """Prunes ``nn.ConvNd`` and ``nn.ConvTransposeNd``; grouped convolutions lose the same
     positions in every group, or whole groups."""
@@ -48,7 +52,7 @@ class ConvPruner(BasePruningFunc):
         return layer.groups
 
     def specialize(self, layer: nn.Module) -> Any:
-        if layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels:
+        if _is_depthwise(layer):
             return prune_depthwise_conv_handler
         return self
 
@@ -61,6 +65,9 @@ class ConvPruner(BasePruningFunc):
             layer.out_channels, layer.in_channels = rows, cols * layer.groups
 
     def _prune_out(self, layer: nn.Module, idxs: torch.Tensor) -> None:
+        if _is_depthwise(layer):  # called directly (functional API): one channel set, keep groups in step
+            prune_depthwise_conv_handler._prune_out(layer, idxs)
+            return
         n = layer.out_channels
         keep = keep_indices(idxs, n)
         if layer.transposed:
@@ -72,6 +79,9 @@ class ConvPruner(BasePruningFunc):
         _set_groups(layer)
 
     def _prune_in(self, layer: nn.Module, idxs: torch.Tensor) -> None:
+        if _is_depthwise(layer):
+            prune_depthwise_conv_handler._prune_out(layer, idxs)
+            return
         n = layer.in_channels
         if layer.transposed:
             prune_tensor(layer, "weight", 0, keep_indices(idxs, n))
