@@ -205,3 +205,47 @@ def test_pickled_payloads_cannot_run_code(tmp_path):
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_loaded_model_saves_again_with_the_same_structure(tmp_path):
+    # Regression: a loaded model had no records, so saving it again (after fine-tuning) lost the structure.
+    model, x = _pruned("resnet18", size=64)
+    expected = run(model, x)
+    tp.save_pruned(model, str(tmp_path / "first"))
+    loaded = tp.load_pruned(_fresh("resnet18"), str(tmp_path / "first"))
+    tp.save_pruned(loaded, str(tmp_path / "second"))
+    again = tp.load_pruned(_fresh("resnet18"), str(tmp_path / "second"))
+    torch.testing.assert_close(run(again, x), expected, rtol=0, atol=0)
+    first, second = (json.load(open(tmp_path / d / "pruning.json"))["structure"] for d in ("first", "second"))
+    assert first == second
+
+
+class _CachesInputShape(torch.nn.Module):
+    """Like an anchor grid: the forward caches the input shape next to a tensor it builds from it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.head = torch.nn.Conv2d(8, 2, 1)
+        self.shape = None
+
+    def forward(self, x):
+        y = self.head(self.conv(x))
+        if self.shape != tuple(y.shape):
+            self.shape, self.grid = tuple(y.shape), torch.zeros(y.shape)
+        return y + self.grid
+
+
+def test_attributes_a_forward_sets_after_pruning_are_not_saved(tmp_path):
+    # Regression (YOLO Detect.shape): restoring the cached shape without its grid broke the loaded model.
+    model = _CachesInputShape()
+    x = torch.randn(1, 3, 8, 8)
+    tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                              ignored_layers=[model.head]).step()
+    expected = model(x)  # sets model.shape after pruning
+    tp.save_pruned(model, str(tmp_path / "saved"))
+    record = json.load(open(tmp_path / "saved" / "pruning.json"))["structure"]
+    assert "shape" not in record.get("", {}).get("attrs", {})
+    assert record["conv"]["attrs"] == {"out_channels": 4}
+    fresh = tp.load_pruned(_CachesInputShape(), str(tmp_path / "saved"))
+    torch.testing.assert_close(fresh(x), expected)

@@ -18,7 +18,7 @@ from .group import Group, slot_handler
 from .rules import pointwise
 from .slots import Slot
 from .trace import Recorder, UnsupportedOp, run_trace
-from ..serialization.record import ensure_record, note_removed
+from ..serialization.record import ensure_record, note_attr_changes, note_removed, plain_attrs
 from .transaction import ModuleSnapshot
 
 DEFAULT_ROOT_TYPES: Tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.rnn.RNNBase)
@@ -654,6 +654,7 @@ class DependencyGraph:
         snapshot = ModuleSnapshot(touched + self._shared_owners(), deep=deep)
         for module in touched:
             ensure_record(module)  # remember the original state before anything changes
+        attrs_before = [(module, plain_attrs(module)) for module in {id(m): m for m in touched}.values()]
         saved_alive = [(atom, atom.alive) for atom, _ in selections]
         try:
             for slot in members:
@@ -662,6 +663,8 @@ class DependencyGraph:
                              positions[slot.serial])
             self._apply(self.model, self._lookup, members, positions, lambda slot: slot.target.owner, selections)
             self._retie_shared_parameters()
+            for module, before in attrs_before:
+                note_attr_changes(module, before)
         except Exception as exc:
             snapshot.restore()
             for atom, alive in saved_alive:
@@ -743,7 +746,7 @@ class DependencyGraph:
         """Run the example inputs through the model; return why it failed, or None if outputs keep their shapes."""
         from .meta import to_meta, weights_on_meta
         from .trace import EvalWhereHandlersAsk, ShapeOnlyForwards
-        from .validate import shapes_of
+        from .validate import shapes_match, shapes_of
 
         try:
             with torch.no_grad(), EvalWhereHandlersAsk(self.model, self._resolve_handler):
@@ -754,7 +757,7 @@ class DependencyGraph:
                     output = self._forward(self.model, self._example_inputs)
         except Exception as exc:
             return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        if shapes_of(output) != self._recorder.output_shapes:
+        if not shapes_match(self._recorder.output_shapes, shapes_of(output), self._recorder.output_dynamic):
             return f"the output shapes changed from {self._recorder.output_shapes} to {shapes_of(output)}"
         return None
 

@@ -29,7 +29,7 @@ from .._version import __version__
 from ..errors import SerializationError
 from ..graph.transaction import ModuleSnapshot
 from ..records import class_key
-from .record import changes, is_plain
+from .record import adopt_record, changes, ensure_record, is_plain
 
 FORMAT = "pruning_core.pruned/1"
 WEIGHTS_FILE = "weights.safetensors"
@@ -65,7 +65,8 @@ def structure_of(model: nn.Module) -> Dict[str, Any]:
         found = changes(module)
         if found is not None:
             out[name] = {"class": class_key(type(module)), "attrs": encode(found["attrs"]),
-                         "shapes": found["shapes"], "removed": found["removed"]}
+                         "shapes": found["shapes"], "removed": found["removed"],
+                         "sizes": {k: v for k, v in found["sizes"].items() if k in found["removed"]}}
     return out
 
 
@@ -142,6 +143,12 @@ def _check_payload(payload: Any) -> Tuple[Dict[str, Any], Dict[str, Any], Mappin
                 raise SerializationError(f"the record gives {name}.{tname} an invalid shape {shape!r}")
         if not is_plain_tree(entry["attrs"]):
             raise SerializationError(f"the record of module {name!r} holds attributes that are not plain data")
+        removed, sizes = entry.get("removed", {}), entry.get("sizes", {})
+        if not isinstance(removed, dict) or not all(isinstance(v, list) and all(isinstance(i, int) for i in v)
+                                                    for v in removed.values()):
+            raise SerializationError(f"the record of module {name!r} lists removed channels that are not int lists")
+        if not isinstance(sizes, dict) or not all(isinstance(v, int) and v >= 0 for v in sizes.values()):
+            raise SerializationError(f"the record of module {name!r} gives channel counts that are not ints")
     for key, value in tensors.items():
         if not isinstance(value, torch.Tensor):
             raise SerializationError(f"state_dict entry {key!r} is not a tensor")
@@ -169,6 +176,7 @@ def _rebuild(model: nn.Module, structure: Dict[str, Any]) -> None:
         if class_key(type(module)) != entry["class"]:
             raise SerializationError(f"module {name!r} is a {class_key(type(module))} here but a {entry['class']} "
                                      "in the record; load it into the same architecture it was pruned from")
+        ensure_record(module)  # the fresh state, before it is rebuilt: saving again needs it
         for tname, shape in entry["shapes"].items():
             store = module._parameters if tname in module._parameters else module._buffers
             current = store.get(tname)
@@ -180,8 +188,10 @@ def _rebuild(model: nn.Module, structure: Dict[str, Any]) -> None:
                 replaced[id(current)] = (nn.Parameter(fresh, requires_grad=current.requires_grad)
                                          if isinstance(current, nn.Parameter) else fresh)
             store[tname] = replaced[id(current)]
-        for attr, value in decode(entry["attrs"]).items():
+        attrs = decode(entry["attrs"])
+        for attr, value in attrs.items():
             setattr(module, attr, value)
+        adopt_record(module, attrs, entry.get("removed", {}), entry.get("sizes", {}))
         init_flat = getattr(module, "_init_flat_weights", None)
         if callable(init_flat):
             init_flat()

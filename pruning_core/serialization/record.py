@@ -66,13 +66,32 @@ def note_removed(module: nn.Module, key: str, size_before: int, removed: torch.T
     module.__dict__[RECORD_ATTR] = updated
 
 
+def note_attr_changes(module: nn.Module, before: Dict[str, Any]) -> None:
+    """Remember which plain attributes a pruning operation changed (``before`` is from just before it).
+
+    Only these are saved: attributes a later forward sets (caches such as an anchor
+    grid's input ``shape``) are not structure and must not be restored on load.
+    """
+    record = module.__dict__.get(RECORD_ATTR)
+    if record is None:
+        return
+    now = plain_attrs(module)
+    changed = [k for k, v in now.items() if before.get(k, _MISSING) != v]
+    if changed:
+        updated = dict(record)
+        updated["pruned_attrs"] = sorted(set(record.get("pruned_attrs", ())) | set(changed))
+        module.__dict__[RECORD_ATTR] = updated
+
+
 def changes(module: nn.Module) -> Optional[Dict[str, Any]]:
-    """What differs from the module's recorded original state, or None if nothing does."""
+    """What pruning changed in the module, or None if nothing: attributes set by pruning operations
+    (at their current values), resized tensors and removed channels."""
     record = module.__dict__.get(RECORD_ATTR)
     if record is None:
         return None
     now_attrs = plain_attrs(module)
-    attrs = {k: v for k, v in now_attrs.items() if record["attrs"].get(k, _MISSING) != v}
+    attrs = {k: now_attrs[k] for k in record.get("pruned_attrs", ()) if k in now_attrs
+             and record["attrs"].get(k, _MISSING) != now_attrs[k]}
     shapes = {k: v for k, v in tensor_shapes(module).items() if record["shapes"].get(k) != v}
     removed = {}
     for key, kept in record["kept"].items():
@@ -80,7 +99,26 @@ def changes(module: nn.Module) -> Optional[Dict[str, Any]]:
         removed[key] = [i for i in range(record["sizes"][key]) if i not in keep]
     if not attrs and not shapes and not any(removed.values()):
         return None
-    return {"attrs": attrs, "shapes": shapes, "removed": removed}
+    return {"attrs": attrs, "shapes": shapes, "removed": removed, "sizes": dict(record["sizes"])}
+
+
+def adopt_record(module: nn.Module, attrs: Dict[str, Any], removed: Dict[str, List[int]],
+                 sizes: Dict[str, int]) -> None:
+    """Give a module rebuilt from a saved record the same record, so saving it again keeps its structure.
+
+    Call :func:`ensure_record` before rebuilding (it captures the fresh, unpruned state).
+    """
+    record = dict(ensure_record(module))
+    record["pruned_attrs"] = sorted(set(record.get("pruned_attrs", ())) | set(attrs))
+    kept, known = dict(record["kept"]), dict(record["sizes"])
+    for key, gone in removed.items():
+        size = sizes.get(key)
+        if isinstance(size, int):
+            lost = set(gone)
+            kept[key] = [i for i in range(size) if i not in lost]
+            known[key] = size
+    record["kept"], record["sizes"] = kept, known
+    module.__dict__[RECORD_ATTR] = record
 
 
 _MISSING = object()
