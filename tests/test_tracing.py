@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -347,3 +348,40 @@ def test_module_that_never_ran_gets_a_clear_error():
     tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
                               ignored_layers=[model.out]).step()
     assert run(model, x).shape == (2, 3) and model.qkv.weight.shape[0] < 24
+
+
+class Detector(nn.Module):
+    """Post-processing like a detector's: how many detections survive, and so the output sizes, depends on data."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(3, 16, 3, padding=1)
+        self.score = nn.Conv2d(16, 1, 1)
+        self.mask = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        features = F.relu(self.body(x))
+        scores = self.score(features).flatten()
+        keep = torch.nonzero(scores > 0).flatten()[:20]
+        masks = self.mask(features).flatten(2)[0].t()[keep]  # (detections, 2)
+        pasted = torch.stack([torch.zeros(4).index_add(0, torch.tensor([0, 1]), m) for m in masks])
+        return scores[keep], pasted
+
+
+def test_outputs_whose_size_the_data_decides_do_not_block_pruning():
+    # Regression (sweep, Mask R-CNN): the detection count changed after pruning, and every group was refused.
+    torch.manual_seed(0)
+    model = Detector().eval()
+    x = torch.randn(1, 3, 6, 6)
+    detections_before = run(model, x)[0].shape[0]
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    dynamic = DG._recorder.output_dynamic
+    assert dynamic[0] == (True,) and dynamic[1][0], dynamic  # detection counts; trailing dims may be loose
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a refused group would warn
+        tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                                  ignored_layers=[model.score, model.mask]).step()
+    assert model.body.out_channels == 8
+    scores, pasted = run(model, x)
+    assert pasted.shape[1:] == (4,) and scores.shape[0] == pasted.shape[0]
+    assert scores.shape[0] != detections_before  # the case this guards: the count really changed

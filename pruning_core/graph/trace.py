@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import GraphError
 from . import handlers as hv
-from .dims import STRUCTURED, Cat, DimError, DimSpace, Expr, Prod, resolve
+from .dims import STRUCTURED, Cat, DimError, DimSpace, Expr, Prod, leaves, resolve
 from .slots import Slot, Target
 
 
@@ -131,6 +131,9 @@ class OpCall:
         self.recorder.space.mark(expr, STRUCTURED, note or f"sized in code at {self.name}")
 
 
+_DATA_DEPENDENT_OPS = ("nonzero", "masked_select", "unique", "nms")
+
+
 class Recorder:
     """Holds the dimension algebra, the tensor table, slots and nodes while tracing."""
 
@@ -172,6 +175,10 @@ class Recorder:
                     self.param_owner.setdefault(id(buf), (name, module, attr, True))
         self.param_slots: Dict[int, List[Slot]] = {}
         self.output_shapes: List[Tuple[int, ...]] = []
+        # Output dims whose size depends on data (detections after NMS): pruning may change them.
+        self.output_dynamic: List[Tuple[bool, ...]] = []
+        self.dynamic_atoms: set = set()
+        self.data_tainted: set = set()  # serials of tensors computed from data-dependent ones
         self.error_scope: Optional[str] = None
 
     # -- tensor table -----------------------------------------------------------
@@ -258,6 +265,8 @@ class Recorder:
     def freeze_outputs(self, outputs: Any) -> None:
         serials = []
         self.output_shapes = [tuple(t.shape) for t in iter_tensors(outputs)]
+        self.output_dynamic = [tuple(self._is_dynamic(e) for e in self.dims_of(t)) if self._serial(t) is not None
+                               else (False,) * t.ndim for t in iter_tensors(outputs)]
         for tensor in iter_tensors(outputs):
             serial = self._serial(tensor)
             if serial is None:
@@ -283,19 +292,62 @@ class Recorder:
         if rule is None and _is_pointwise(func):
             rule = self._pointwise_rule
         op_name = str(func)
+        data_dependent = False
+        dynamic_before: List[Tuple[torch.Tensor, List[bool]]] = []
+        known_before: set = set()
+        tainted = False
+        if self.dynamic_atoms:  # only models with data-dependent sizes pay for this
+            for tensor in inputs:
+                if self._serial(tensor) is not None:
+                    dims = self.dims_of(tensor)
+                    known_before.update(a for e in dims for a in leaves(e))
+                    dynamic_before.append((tensor, [self._is_dynamic(e) for e in dims]))
+            tainted = any(serial in self.data_tainted for serial in in_serials) or \
+                any(any(flags) for _, flags in dynamic_before)
         if rule is None:
             self._give_up(call, inputs, outputs, op_name, "no rule for this operator")
         else:
             try:
                 rule(call)
             except DimError as exc:
+                data_dependent = "data-dependent" in str(exc)
                 self._give_up(call, inputs, outputs, op_name, f"shapes could not be related ({exc})")
         out_serials = []
         for tensor in outputs:
             if self._serial(tensor) is None:
                 self.set_dims(tensor, [self.space.frozen(s, f"output of {op_name}") for s in tensor.shape])
             out_serials.append(self._serial(tensor))
+        # Sizes chosen by data (nonzero, NMS...) stay data-dependent through later ops: a size an op
+        # derives from a tensor with a data-dependent dim (a slice of it, a top-k) is data-dependent too.
+        if data_dependent or any(key in op_name for key in _DATA_DEPENDENT_OPS):
+            self.data_tainted.update(out_serials)
+            for tensor in outputs:
+                for expr in self.dims_of(tensor):
+                    self.dynamic_atoms.update(leaves(expr))
+        elif tainted:
+            self.data_tainted.update(out_serials)
+            for tensor in outputs:  # an in-place write into a view (im_mask[y0:y1] = mask) taints its base
+                base = getattr(tensor, "_base", None)
+                if base is not None and self._serial(base) is not None:
+                    self.data_tainted.add(self._serial(base))
+            for tensor, flags in dynamic_before:  # a rule may have split a data-dependent dim: keep its parts
+                for expr, flag in zip(self.dims_of(tensor), flags):
+                    if flag:
+                        self.dynamic_atoms.update(leaves(expr))
+            if op_name.startswith("aten.stack") and len(outputs) == 1 and outputs[0].ndim:
+                # How many results a Python loop stacked is up to the data (one mask per detection).
+                dim = call.arg("dim", 0) % outputs[0].ndim
+                dims = self.tensor_dims[out_serials[0]]
+                dims[dim] = self.space.frozen(outputs[0].shape[dim], "stacked data-dependent results")
+                self.dynamic_atoms.update(leaves(dims[dim]))
+            # Sizes new here come from data-dependent tensors (a slice, a stack of per-detection results).
+            for tensor in outputs:
+                for expr in self.dims_of(tensor):
+                    self.dynamic_atoms.update(a for a in leaves(expr) if a not in known_before)
         self.nodes.append(Node("op", op_name, in_serials, out_serials, self.current_scope))
+
+    def _is_dynamic(self, expr: Expr) -> bool:
+        return bool(self.dynamic_atoms) and any(atom in self.dynamic_atoms for atom in leaves(expr))
 
     def _give_up(self, call: OpCall, inputs: List[torch.Tensor], outputs: List[torch.Tensor], op_name: str,
                  reason: str) -> None:

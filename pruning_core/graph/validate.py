@@ -76,6 +76,20 @@ def shapes_of(output: Any) -> List[Tuple[int, ...]]:
     return [tuple(t.shape) for t in iter_tensors(output)]
 
 
+def shapes_match(reference: Sequence[Tuple[int, ...]], shapes: Sequence[Tuple[int, ...]],
+                 dynamic: Sequence[Tuple[bool, ...]]) -> bool:
+    """Same outputs with the same shapes, except dims whose size the data decides (``dynamic``)."""
+    if len(reference) != len(shapes):
+        return False
+    flags = list(dynamic) + [()] * (len(reference) - len(dynamic))
+    for ref, got, dyn in zip(reference, shapes, flags):
+        if len(ref) != len(got):
+            return False
+        if any(r != g and not (i < len(dyn) and dyn[i]) for i, (r, g) in enumerate(zip(ref, got))):
+            return False
+    return True
+
+
 class TrialRunner:
     """Runs the model's forward on copies with some channels removed."""
 
@@ -86,13 +100,14 @@ class TrialRunner:
         self.base: Optional[nn.Module] = None
         self.inputs: Any = None
         self.reference = list(graph._recorder.output_shapes)
+        self.dynamic = list(graph._recorder.output_dynamic)
         self.reason = ""
         model = graph.model
         for make_copy, make_inputs in ((_meta_copy, to_meta), (self._real_copy, lambda x: x)):
             try:
                 candidate = make_copy(model)
                 inputs = make_inputs(example_inputs)
-                if shapes_of(self._run(candidate, inputs)) != self.reference:
+                if not shapes_match(self.reference, shapes_of(self._run(candidate, inputs)), self.dynamic):
                     raise RuntimeError("the copy's outputs differ from the traced outputs")
             except Exception as exc:  # data-dependent models cannot run on meta
                 self.reason = f"{type(exc).__name__}: {exc}"
@@ -139,7 +154,7 @@ class TrialRunner:
         finally:
             for atom, alive in saved:
                 atom.alive = alive
-        if shapes_of(output) != self.reference:
+        if not shapes_match(self.reference, shapes_of(output), self.dynamic):
             return False, "the output shape changed"
         return True, ""
 
