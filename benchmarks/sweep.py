@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--libs", nargs="*", default=list(LIBS), choices=LIBS)
     parser.add_argument("--models", nargs="*", help="only these model names")
     parser.add_argument("--ratio", type=float, default=0.5)
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--jobs", type=int, default=2, help="cases run in parallel, one thread each")
     parser.add_argument("--memory-gib", type=float, default=10, help="address-space limit of each case")
     parser.add_argument("--resume", action="store_true", help="keep results already in sweep.jsonl")
