@@ -200,3 +200,37 @@ def test_installed_ultralytics_is_in_the_pinned_and_tested_range():
     assert set(requirement.replace(" ", "")[len("ultralytics"):].split(",")) == set(TESTED)
     assert not outside_tested_range(metadata.version("ultralytics"))
     assert outside_tested_range("8.5.0") and outside_tested_range("8.3.99") and not outside_tested_range("8.4.0")
+
+
+def _tiny_dataset(root):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(4):
+            pixels = np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / split / f"{i}.jpg")
+            (root / "labels" / split / f"{i}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: thing\n")
+    return root / "data.yaml"
+
+
+def test_fine_tuning_trains_the_pruned_model(tmp_path, monkeypatch):
+    from pruning_core_yolo import pruned_trainer
+
+    monkeypatch.chdir(tmp_path)
+    data = _tiny_dataset(tmp_path / "data")
+    yolo, _ = build("yolov8n.yaml")
+    tp.pruner.MagnitudePruner(yolo.model, torch.randn(1, 3, 64, 64), tp.importance.MagnitudeImportance(),
+                              pruning_ratio=0.5).step()
+    pruned_params = params(yolo.model)
+    before = {k: v.clone() for k, v in yolo.model.state_dict().items()}
+    yolo.train(data=str(data), epochs=1, imgsz=64, batch=2, workers=0, plots=False, device="cpu", amp=False,
+               project=str(tmp_path / "runs"), name="t", exist_ok=True, verbose=False,
+               trainer=pruned_trainer(yolo))
+    # Stock yolo.train() would rebuild the unpruned architecture from the YAML (3.0M parameters).
+    assert params(yolo.model) == pruned_params
+    changed = [k for k, v in yolo.model.state_dict().items() if k in before and v.shape == before[k].shape
+               and v.is_floating_point() and not torch.equal(v.float(), before[k].float())]
+    assert changed, "training did not update the pruned weights"
