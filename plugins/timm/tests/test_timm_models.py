@@ -65,8 +65,15 @@ def _attention_modules(model):
     return [m for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")]
 
 
-def test_vit_head_pruning_needs_no_patch_and_matches_zeroed_heads():
-    model, x = build("vit_tiny_patch16_224", {"depth": 2})
+def _head_size(attention) -> int:
+    return attention.qkv.out_features // (3 * attention.num_heads)
+
+
+@pytest.mark.parametrize("name,kwargs", [("vit_tiny_patch16_224", {"depth": 2}),
+                                         ("swin_tiny_patch4_window7_224", {"depths": (1, 1, 2, 1)})],
+                         ids=["vit", "swin"])
+def test_head_pruning_needs_no_patch_and_matches_zeroed_heads(name, kwargs):
+    model, x = build(name, kwargs)
     twin = copy.deepcopy(model)
     heads_before = [a.num_heads for a in _attention_modules(model)]
     pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.0,
@@ -75,11 +82,14 @@ def test_vit_head_pruning_needs_no_patch_and_matches_zeroed_heads():
     pruner.step()
     for attention, before in zip(_attention_modules(model), heads_before):
         assert attention.num_heads == before - before // 2  # half, rounded to keep more
-        assert attention.qkv.out_features == 3 * attention.num_heads * attention.head_dim
-        assert attention.proj.in_features == attention.num_heads * attention.head_dim
+        assert attention.qkv.out_features == 3 * attention.num_heads * _head_size(attention)
+        assert attention.proj.in_features == attention.num_heads * _head_size(attention)
+        table = getattr(attention, "relative_position_bias_table", None)
+        assert table is None or table.shape[1] == attention.num_heads  # Swin's per-head position biases
     # Oracle: removing heads equals zeroing their share of the output projection.
     for pruned, original in zip(_attention_modules(model), _attention_modules(twin)):
-        size = original.head_dim
+        size = _head_size(original)
+        assert _head_size(pruned) == size
         q_rows = original.qkv.weight[: original.num_heads * size]
         kept_q = pruned.qkv.weight[: pruned.num_heads * size]
         kept = {h for h in range(original.num_heads)

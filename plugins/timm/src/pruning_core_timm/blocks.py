@@ -14,9 +14,19 @@ from torch import nn
 from pruning_core import StructureHint
 
 
-def is_fused_attention(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "qkv", None), nn.Linear) and isinstance(getattr(module, "num_heads", None), int) \
-        and isinstance(getattr(module, "head_dim", None), int)
+def qkv_head_size(module: nn.Module) -> Optional[int]:
+    """Size of one head if ``module`` is attention with a fused, q/k/v-major ``qkv`` projection, else None.
+
+    Covers ViT/DeiT/EVA (``head_dim``), Swin/SwinV2 and BEiT (sizes from ``qkv``). Blocks that put heads
+    first (MaxViT, CoAtNet: ``head_first``) are left to the tracer.
+    """
+    qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
+    if not isinstance(qkv, nn.Linear) or not isinstance(heads, int) or heads < 1 or getattr(module, "head_first", False):
+        return None
+    size = getattr(module, "head_dim", None)
+    if not isinstance(size, int):
+        size = qkv.out_features // (3 * heads)
+    return size if size > 0 and qkv.out_features == 3 * heads * size else None
 
 
 def final_classifiers(model: nn.Module) -> List[nn.Module]:
@@ -36,8 +46,9 @@ def final_classifiers(model: nn.Module) -> List[nn.Module]:
 def structure_hints(model: nn.Module) -> List[StructureHint]:
     hints: List[StructureHint] = []
     for _, module in model.named_modules():
-        if is_fused_attention(module) and module.qkv.out_features == 3 * module.num_heads * module.head_dim:
-            hints.append(StructureHint(module=module.qkv, num_heads=module.num_heads, head_dim=module.head_dim))
+        size = qkv_head_size(module)
+        if size is not None:
+            hints.append(StructureHint(module=module.qkv, num_heads=module.num_heads, head_dim=size))
     hints.extend(StructureHint(module=final, keep=True) for final in final_classifiers(model))
     return hints
 
@@ -49,22 +60,36 @@ def _original(module: nn.Module, attr: str) -> Any:
     return getattr(module, attr)
 
 
+def _original_rows(layer: nn.Module) -> int:
+    record = layer.__dict__.get("_pruning_record")
+    if record is not None and "weight" in record["shapes"]:
+        return record["shapes"]["weight"][0]
+    return layer.weight.shape[0]
+
+
 def fix_attention(name: str, module: nn.Module, graph: Any) -> None:
-    if not is_fused_attention(module) or graph is None:
+    """``num_heads``, ``head_dim``, ``attn_dim`` and ``scale`` after the fused qkv projection shrank."""
+    qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
+    if graph is None or not isinstance(qkv, nn.Linear) or not isinstance(heads, int) \
+            or getattr(module, "head_first", False):
         return
-    if graph.ran_as_module(module.qkv):
+    original_heads = _original(module, "num_heads")
+    original_size, rest = divmod(_original_rows(qkv), 3 * original_heads)
+    if rest:
+        return
+    if graph.ran_as_module(qkv):
         factors = graph.channel_structure(f"{name}.qkv" if name else "qkv")
         body = factors[1:] if len(factors) > 1 and factors[0] == 3 else factors
-        heads, size = (math.prod(body[:-1]), body[-1]) if len(body) > 1 else (1, body[0])
-    else:  # qkv.weight used by F.linear: heads are fixed in code, only head_dim can have changed
-        heads = module.num_heads
-        size = module.qkv.weight.shape[0] // (3 * heads)
-    original = _original(module, "head_dim")
-    module.num_heads, module.head_dim = heads, size
+        heads, size = (math.prod(body[:-1]), body[-1]) if len(body) > 1 else (heads, body[0] // heads)
+    else:  # qkv.weight used by F.linear: heads are fixed in code, only the head size can have changed
+        size = qkv.weight.shape[0] // (3 * heads)
+    module.num_heads = heads
+    if isinstance(getattr(module, "head_dim", None), int):
+        module.head_dim = size
     if isinstance(getattr(module, "attn_dim", None), int):
         module.attn_dim = heads * size
-    if isinstance(getattr(module, "scale", None), float) and original != size:
-        module.scale = _original(module, "scale") * math.sqrt(original / size)
+    if isinstance(getattr(module, "scale", None), float) and original_size != size:
+        module.scale = _original(module, "scale") * math.sqrt(original_size / size)
 
 
 def fix_scale(module: nn.Module) -> None:
