@@ -321,33 +321,37 @@ def test_buffer_used_directly_is_pruned_with_its_channels():
 
 
 class WeightUsedDirectly(nn.Module):
-    """A projection whose weight is applied with F.linear, as timm's EVA and BEiT attention do."""
+    """A projection whose weight is applied with F.linear, as timm's EVA, BEiT and SwinV2 attention do."""
 
     def __init__(self):
         super().__init__()
         self.qkv = nn.Linear(8, 24, bias=False)
         self.num_heads, self.head_dim = 2, 4
         self.out = nn.Linear(24, 3)
+        self.unused = nn.Linear(8, 8)
 
     def forward(self, x):
         return self.out(F.linear(x, self.qkv.weight))
 
 
-def test_module_that_never_ran_gets_a_clear_error():
-    # Regression (sweep, timm vit_*_dinov3): a head hint on such a projection raised NoHandlerError;
-    # plugin hints are now skipped there, and a user's num_heads gets an error naming the argument.
+def test_layer_whose_weight_is_used_directly_is_pruned_through_it():
+    # Regression (sweep, timm vit_*_dinov3): a head hint on such a projection raised NoHandlerError,
+    # and its output channels had no group at all.
     model = WeightUsedDirectly().eval()
     x = torch.randn(2, 8)
     DG = tp.DependencyGraph().build_dependency(model, x)
     assert not DG.ran_as_module(model.qkv) and DG.ran_as_module(model.out)
     with pytest.raises(tp.GraphError, match="not called as a module"):
         DG.module_slots(model.qkv)
-    with pytest.raises(tp.ConfigurationError, match="num_heads.*qkv"):
+    assert DG.has_channels(model.qkv) and DG.channel_structure("qkv") == [24]
+    with pytest.raises(tp.ConfigurationError, match="num_heads.*unused"):
         tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
-                                  num_heads={model.qkv: 2}, ignored_layers=[model.out])
-    tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                                  num_heads={model.unused: 2}, ignored_layers=[model.out])
+    tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.0,
+                              num_heads={model.qkv: 2}, prune_num_heads=True, head_pruning_ratio=0.5,
                               ignored_layers=[model.out]).step()
-    assert run(model, x).shape == (2, 3) and model.qkv.weight.shape[0] < 24
+    assert model.qkv.weight.shape == (12, 8) and model.out.in_features == 12  # one whole head of 12
+    assert run(model, x).shape == (2, 3)
 
 
 class Detector(nn.Module):

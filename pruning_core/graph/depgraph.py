@@ -13,7 +13,7 @@ from .._gc import without_gc
 from ..errors import (ConfigurationError, EmptyLayerError, GraphError, InvalidIndicesError, NoHandlerError,
                       PruneFailedError, PruningError, TracingError, UnsupportedModelError)
 from . import handlers as hv
-from .dims import FROZEN, STRUCTURED, UNLOCKED, Atom, DimError, atom_offsets, coords, current_size, leaves, resolve
+from .dims import FROZEN, STRUCTURED, UNLOCKED, Atom, Cat, DimError, atom_offsets, coords, current_size, leaves, resolve
 from .group import Group, slot_handler
 from .rules import pointwise
 from .slots import Slot
@@ -300,6 +300,25 @@ class DependencyGraph:
         """Whether ``module``'s forward ran during tracing (not only its parameters used by other code)."""
         return self._recorder is not None and id(module) in self._recorder.module_slots
 
+    def _channel_slot(self, module: nn.Module, side: str) -> Slot:
+        """The slot holding a layer's channels on ``side``: its module slot, or, when code applied its
+        weight directly (``F.linear(x, qkv.weight)``), the weight's dim (0 for out, 1 for in)."""
+        if self._recorder is not None and not self.ran_as_module(module):
+            dim = 0 if side == "out" else 1
+            for slot in self._recorder.slots:
+                if slot.is_param and slot.dim == dim and slot.target.owner is module and slot.target.attr == "weight":
+                    return slot
+        in_slot, out_slot = self.module_slots(module)
+        return out_slot if side == "out" else in_slot
+
+    def has_channels(self, module: nn.Module, side: str = "out") -> bool:
+        """Whether tracing saw ``module``'s channels on ``side``: it ran, or its weight was used directly."""
+        try:
+            self._channel_slot(module, side)
+        except (GraphError, ConfigurationError, NoHandlerError):
+            return False
+        return True
+
     def no_handler_error(self, module: nn.Module, name: Optional[str] = None) -> NoHandlerError:
         name = name or self._module_names.get(id(module), type(module).__name__)
         hint = self._hub.missing_handler_hint(module) if self._hub else None
@@ -362,8 +381,18 @@ class DependencyGraph:
         module = self._lookup.get(name)
         if module is None:
             raise ConfigurationError(f"no module named {name!r} in the traced model")
-        in_slot, out_slot = self.module_slots(module)
-        expr = self._index.slot_exprs[(out_slot if side == "out" else in_slot).serial]
+        expr = self._index.slot_exprs[self._channel_slot(module, side).serial]
+        if type(expr) is Cat:  # q, k and v joined by a concatenated bias: report them like a fused [3, ...]
+            shapes = [self._factor_sizes(part) for part in expr.parts]
+            if all(shape == shapes[0] for shape in shapes):
+                return [len(shapes)] + shapes[0]
+        return self._factor_sizes(expr)
+
+    @staticmethod
+    def _factor_sizes(expr: Any) -> List[int]:
+        from .dims import Prod
+
+        expr = resolve(expr)
         factors = expr.factors if type(expr) is Prod else (expr,)
         return [current_size(f) for f in factors]
 
@@ -377,30 +406,32 @@ class DependencyGraph:
         the blocks (the same in every block) if ``prunable_within``. Returns
         whether the structure could be applied.
         """
-        in_slot, out_slot = self.module_slots(module)
-        slot = out_slot if side == "out" else in_slot
+        slot = self._channel_slot(module, side)
         space = self._recorder.space
         expr = resolve(slot.expr)
         found = _find_group_factor(expr, groups, group_size)
-        if found is None:
+        pairs = [found] if found is not None else []
+        if not pairs and type(expr) is Cat:  # q, k and v concatenated (a fused bias): heads in each part
+            parts = [_find_group_factor(resolve(part), groups, group_size) for part in expr.parts]
+            pairs = parts if all(p is not None for p in parts) else []
+        if not pairs:
             try:
                 atoms = leaves(expr)
                 if len(atoms) != 1:
                     return False
-                group_atom, inner = space.split_factor(atoms[0], groups)
+                pairs = [space.split_factor(atoms[0], groups)]
             except DimError:
                 return False
-        else:
-            group_atom, inner = found
-        if prunable_groups:
-            space.mark(group_atom, UNLOCKED)
-            self.head_atoms.update(leaves(group_atom))
-        else:
-            space.mark(group_atom, STRUCTURED, f"{slot.describe()}: whole heads are kept")
-        if prunable_within:
-            space.mark(inner, UNLOCKED)
-        else:
-            space.mark(inner, STRUCTURED, f"{slot.describe()}: head dims are kept")
+        for group_atom, inner in pairs:
+            if prunable_groups:
+                space.mark(group_atom, UNLOCKED)
+                self.head_atoms.update(leaves(group_atom))
+            else:
+                space.mark(group_atom, STRUCTURED, f"{slot.describe()}: whole heads are kept")
+            if prunable_within:
+                space.mark(inner, UNLOCKED)
+            else:
+                space.mark(inner, STRUCTURED, f"{slot.describe()}: head dims are kept")
         self._index_cache = None
         return True
 

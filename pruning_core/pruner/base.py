@@ -94,17 +94,16 @@ class BasePruner:
         for hint in _plugins.get_hub().structure_hints(self.model):
             if hint.keep and hint.module is not None:
                 self.ignored_layers.append(hint.module)
-            # A projection whose weight other code uses directly (F.linear(x, qkv.weight)) has no module slots.
-            if hint.num_heads and hint.module not in heads and DG.ran_as_module(hint.module):
+            if hint.num_heads and hint.module not in heads and DG.has_channels(hint.module):
                 heads[hint.module] = hint.num_heads
                 head_flags[id(hint.module)] = hint
         for module, count in heads.items():
             hint = head_flags.get(id(module))
-            if not DG.ran_as_module(module):
+            if not DG.has_channels(module):
                 raise ConfigurationError(
-                    f"num_heads: {DG._module_names.get(id(module), type(module).__name__)} is never called as a "
-                    "module (code uses its weight directly), so its heads cannot be declared; pass the layer "
-                    "whose forward produces the heads, or leave num_heads out")
+                    f"num_heads: {DG._module_names.get(id(module), type(module).__name__)} did not run during "
+                    "tracing and its weight was not used either, so its heads cannot be declared; pass the layer "
+                    "whose output holds the heads, or leave num_heads out")
             by_heads = options.prune_num_heads if hint is None or hint.prunable_heads is None else hint.prunable_heads
             within = options.prune_head_dims if hint is None or hint.prunable_head_dims is None \
                 else hint.prunable_head_dims

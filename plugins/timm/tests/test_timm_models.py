@@ -146,3 +146,22 @@ def test_plugin_imports_without_timm():
     code = ("import sys, pruning_core, pruning_core_timm.plugin; "
             "assert 'timm' not in sys.modules, sorted(m for m in sys.modules if m.startswith('timm'))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_swinv2_heads_prune_through_the_concatenated_qkv_bias():
+    # SwinV2 applies qkv.weight with F.linear and a cat of q/k/v biases; its per-head MLP bias follows.
+    # Its attention reshapes back to the input width (`reshape(B, N, C)`), so heads can only go where the
+    # block's width shrinks with them: prune both, and the verification keeps the rest.
+    model, x = build("swinv2_tiny_window8_256", {"depths": (1, 1, 2, 1)})
+    before = [a.num_heads for a in _attention_modules(model)]
+    tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                              prune_num_heads=True, head_pruning_ratio=0.5,
+                              ignored_layers=final_classifiers(model)).step()
+    after = [a.num_heads for a in _attention_modules(model)]
+    assert any(a < b for a, b in zip(after, before)), (before, after)
+    for attention in _attention_modules(model):
+        assert attention.cpb_mlp[-1].out_features == attention.num_heads
+        assert attention.logit_scale.shape[0] == attention.num_heads
+        assert attention.qkv.out_features == 3 * attention.num_heads * _head_size(attention)
+    with torch.no_grad():
+        assert model(x).shape == (1, 1000)

@@ -77,11 +77,11 @@ def fix_attention(name: str, module: nn.Module, graph: Any) -> None:
     original_size, rest = divmod(_original_rows(qkv), 3 * original_heads)
     if rest:
         return
-    if graph.ran_as_module(qkv):
+    if graph.has_channels(qkv):  # called, or its weight used by F.linear (BEiT, EVA, SwinV2)
         factors = graph.channel_structure(f"{name}.qkv" if name else "qkv")
         body = factors[1:] if len(factors) > 1 and factors[0] == 3 else factors
         heads, size = (math.prod(body[:-1]), body[-1]) if len(body) > 1 else (heads, body[0] // heads)
-    else:  # qkv.weight used by F.linear: heads are fixed in code, only the head size can have changed
+    else:
         size = qkv.weight.shape[0] // (3 * heads)
     module.num_heads = heads
     if isinstance(getattr(module, "head_dim", None), int):
