@@ -422,16 +422,18 @@ class DependencyGraph:
                 pairs = [space.split_factor(atoms[0], groups)]
             except DimError:
                 return False
+        # What a structure keeps is frozen, so that a later, coarser structure on the same channels (a
+        # block split in two halves, around heads) cannot unlock it again.
         for group_atom, inner in pairs:
             if prunable_groups:
                 space.mark(group_atom, UNLOCKED)
                 self.head_atoms.update(leaves(group_atom))
             else:
-                space.mark(group_atom, STRUCTURED, f"{slot.describe()}: whole heads are kept")
+                space.mark(group_atom, FROZEN, f"{slot.describe()}: whole heads are kept")
             if prunable_within:
                 space.mark(inner, UNLOCKED)
             else:
-                space.mark(inner, STRUCTURED, f"{slot.describe()}: head dims are kept")
+                space.mark(inner, FROZEN, f"{slot.describe()}: head dims are kept")
         self._index_cache = None
         return True
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -91,9 +91,14 @@ class BasePruner:
         options, DG = self.options, self.DG
         heads = dict(options.num_heads)
         head_flags: Dict[int, Any] = {}
+        hinted_groups: List[Tuple[Any, int, str]] = []
         for hint in _plugins.get_hub().structure_hints(self.model):
             if hint.keep and hint.module is not None:
                 self.ignored_layers.append(hint.module)
+            for side, count, table in (("out", hint.out_channel_groups, options.out_channel_groups),
+                                       ("in", hint.in_channel_groups, options.in_channel_groups)):
+                if count and hint.module not in table and DG.has_channels(hint.module, side):
+                    hinted_groups.append((hint.module, count, side))
             if hint.num_heads and hint.module not in heads and DG.has_channels(hint.module):
                 heads[hint.module] = hint.num_heads
                 head_flags[id(hint.module)] = hint
@@ -121,6 +126,8 @@ class BasePruner:
                     raise ConfigurationError(
                         f"{side}_channel_groups: {count} does not divide the {side}put channels of "
                         f"{DG._module_names.get(id(module), type(module).__name__)}")
+        for module, count, side in hinted_groups:  # a plugin's hint that does not fit is simply not used
+            DG.set_channel_structure(module, count, side, prunable_groups=False, prunable_within=True)
 
     def _plan_groups(self) -> List[PlannedGroup]:
         options = self.options

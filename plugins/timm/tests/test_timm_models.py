@@ -28,6 +28,7 @@ MODELS = [
     ("swin_tiny_patch4_window7_224", {"depths": (1, 1, 2, 1)}, True),
     ("mixer_s16_224", {}, False),
     ("levit_128s", {}, False),
+    ("skresnet18", {}, False),  # selective-kernel attention: a structure hint on fc_select
 ]
 
 

@@ -49,6 +49,9 @@ def structure_hints(model: nn.Module) -> List[StructureHint]:
         size = qkv_head_size(module)
         if size is not None:
             hints.append(StructureHint(module=module.qkv, num_heads=module.num_heads, head_dim=size))
+        if type(module).__name__ == "SelectiveKernelAttn" and isinstance(getattr(module, "num_paths", None), int):
+            # fc_select's output is viewed as (paths, channels): one attention map per kernel path.
+            hints.append(StructureHint(module=module.fc_select, out_channel_groups=module.num_paths))
     hints.extend(StructureHint(module=final, keep=True) for final in final_classifiers(model))
     return hints
 
