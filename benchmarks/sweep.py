@@ -123,6 +123,14 @@ def render(results: List[Dict], ratio: float, timeout: float, memory_gib: float)
         counts = [sum(by_key.get((suite, n, lib), {}).get("status") == "ok" for n in names) for lib in LIBS]
         lines.append(f"| {suite} | {kind} | {len(names)} | {counts[0]} ({100 * counts[0] / len(names):.0f}%) | "
                      f"{counts[1]} ({100 * counts[1] / len(names):.0f}%) |")
+    failures = [(suite, name) for suite, _, name in models
+                if by_key.get((suite, name, LIBS[0]), {}).get("status") != "ok"]
+    lines += ["", "## pruning_core cases that did not succeed", ""]
+    if not failures:
+        lines.append("None.")
+    for suite, name in failures:
+        record = by_key.get((suite, name, LIBS[0]), {})
+        lines.append(f"- {suite} `{name}`: {record.get('status', 'not run')} {record.get('error', '')}".rstrip())
     for suite in ("torchvision", "timm"):
         entries = [m for m in models if m[0] == suite]
         if not entries:
@@ -163,7 +171,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--jobs", type=int, default=2, help="cases run in parallel, one thread each")
     parser.add_argument("--memory-gib", type=float, default=10, help="address-space limit of each case")
-    parser.add_argument("--resume", action="store_true", help="keep results already in sweep.jsonl")
+    parser.add_argument("--resume", action="store_true", help="skip cases that already have a result")
     parser.add_argument("--render-only", action="store_true", help="rebuild sweep.md from sweep.jsonl")
     parser.add_argument("--list-timm", action="store_true", help="regenerate timm_families.txt and exit")
     args = parser.parse_args()
@@ -173,7 +181,7 @@ def main() -> None:
     os.makedirs(args.output, exist_ok=True)
     store = os.path.join(args.output, "sweep.jsonl")
     previous: Dict[Tuple[str, str, str], Dict] = {}
-    if (args.resume or args.render_only or args.models) and os.path.exists(store):
+    if os.path.exists(store):  # runs replace their own entries; the others are kept
         with open(store) as handle:
             for line in handle:
                 record = json.loads(line)
