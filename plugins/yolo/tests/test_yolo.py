@@ -127,6 +127,18 @@ def test_save_and_load_round_trips(pruned, tmp_path):
     torch.testing.assert_close(outputs(reloaded.model, x)[0], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("cfg", ["yolov8s.yaml", "yolo11s.yaml"])
+def test_s_variants_prune_and_predict(cfg):
+    yolo, x = build(cfg)
+    before_params, before = params(yolo.model), outputs(yolo.model, x)
+    tp.pruner.MagnitudePruner(yolo.model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5).step()
+    yolo.model.eval()
+    assert shapes(outputs(yolo.model, x)) == shapes(before)
+    assert 0.25 <= params(yolo.model) / before_params <= 0.25 + 0.12
+    image = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    assert yolo.predict(image, imgsz=SIZE, conf=0.0, verbose=False)[0].boxes.data.shape[1] == 6
+
+
 def test_onnx_export(tmp_path, monkeypatch):
     pytest.importorskip("onnx")
     monkeypatch.chdir(tmp_path)
