@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 import torch
 

@@ -354,6 +354,17 @@ def test_layer_whose_weight_is_used_directly_is_pruned_through_it():
     assert run(model, x).shape == (2, 3)
 
 
+def test_ignoring_a_layer_whose_weight_is_used_directly_keeps_it():
+    model = WeightUsedDirectly().eval()
+    x = torch.randn(2, 8)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    rooted = [g for g in DG.get_all_groups(root_module_types=None)]
+    assert any(g[0].dep.target.owner is model.qkv for g in rooted)  # without ignoring, it is a root
+    tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                              ignored_layers=[model.qkv, model.out]).step()
+    assert model.qkv.weight.shape == (24, 8) and model.out.in_features == 24
+
+
 class Detector(nn.Module):
     """Post-processing like a detector's: how many detections survive, and so the output sizes, depends on data."""
 

@@ -10,10 +10,10 @@ from torch import nn
 
 from .. import _plugins
 from .._gc import without_gc
-from ..errors import (ConfigurationError, EmptyLayerError, GraphError, InvalidIndicesError, NoHandlerError,
+from ..errors import (ConfigurationError, EmptyLayerError, GraphError, NoHandlerError,
                       PruneFailedError, PruningError, TracingError, UnsupportedModelError)
 from . import handlers as hv
-from .dims import FROZEN, STRUCTURED, UNLOCKED, Atom, Cat, DimError, atom_offsets, coords, current_size, leaves, resolve
+from .dims import FROZEN, UNLOCKED, Atom, Cat, DimError, atom_offsets, coords, current_size, leaves, resolve
 from .group import Group, slot_handler
 from .rules import pointwise
 from .slots import Slot
@@ -376,8 +376,6 @@ class DependencyGraph:
         ``[kv_heads, queries_per_kv, head_size]`` with grouped-query attention, or
         ``[3, heads, head_size]`` for a fused qkv); a plain layer gives ``[channels]``.
         """
-        from .dims import Prod
-
         module = self._lookup.get(name)
         if module is None:
             raise ConfigurationError(f"no module named {name!r} in the traced model")
@@ -449,7 +447,11 @@ class DependencyGraph:
         if isinstance(target, torch.Tensor):
             return list(recorder.param_slots.get(id(target), []))
         slots = recorder.module_slots.get(id(target))
-        return [slots[1]] if slots else []
+        if slots:
+            return [slots[1]]
+        if isinstance(target, nn.Module) and self.has_channels(target):  # its weight was used directly
+            return [self._channel_slot(target, "out")]
+        return []
 
     # -- groups -----------------------------------------------------------------------
     def prunable_atoms(self, slot: Slot, protected: Set[Atom] = frozenset()) -> List[Atom]:
@@ -462,6 +464,10 @@ class DependencyGraph:
     def get_all_groups(self, ignored_layers: Sequence[Any] = (), root_module_types: Sequence[type] = DEFAULT_ROOT_TYPES,
                        validate: Optional[bool] = None) -> Iterator[Group]:
         """Yield each group of coupled channels once, rooted at a layer of ``root_module_types``.
+
+        With ``root_module_types=None`` (the pruners' default) every layer with a handler that is
+        not coupled (BatchNorm-like) is a root, and so is the weight of a layer that code applied
+        directly (``F.linear(x, qkv.weight)``).
 
         Channels of ignored layers' outputs (and ignored parameters) are never
         included; their inputs follow their producers. A group's ``idxs`` cover

@@ -20,7 +20,8 @@ its dimensions) and channel shuffles.
 
 Atoms carry flags saying whether pruning them is allowed:
 
-* ``FROZEN``: the size is fixed by data: model inputs, outputs, indexing.
+* ``FROZEN``: the size is fixed: by data (model inputs, outputs, indexing), by
+  an ignored layer, or by a structure that keeps whole heads or head dims.
 * ``STRUCTURED``: the size is written in code (a ``view`` into heads, a
   constant split); prunable only when a hint unlocks it (``UNLOCKED``).
 """

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import warnings
 
 import torch
 from torch import nn
-
-import warnings
 
 from .. import _plugins
 from .._gc import without_gc
@@ -17,7 +16,6 @@ from ..errors import ConfigurationError, PruneFailedError, PruningError
 from ..graph.depgraph import DependencyGraph, expand_ignored
 from ..graph.dims import current_size
 from ..graph.group import Group
-from ..importance.base import Importance
 from .options import PruningOptions
 from .planning import PlannedGroup, PruningWarning, group_for, plan_step, resolve_ratio
 
