@@ -28,6 +28,7 @@ MODELS = [
     ("swin_tiny_patch4_window7_224", {"depths": (1, 1, 2, 1)}, True),
     ("mixer_s16_224", {}, False),
     ("levit_128s", {}, False),
+    ("mobilenetv3_small_050", {}, False),  # num_features (last stage) differs from head_hidden_size
     ("skresnet18", {}, False),  # selective-kernel attention: a structure hint on fc_select
 ]
 
@@ -47,6 +48,11 @@ def test_prune_and_use_timm_apis(name, kwargs, heads):
     model, x = build(name, kwargs)
     with torch.no_grad():
         reference = model(x)
+        features = model.forward_features(x)
+    # The channel dim of forward_features: NCHW for CNNs, last for tokens and NHWC (Swin).
+    channel_dim = 1 if features.ndim == 4 and features.shape[1] == model.num_features else -1
+    assert features.shape[channel_dim] == model.num_features
+    cfg_before = dict(model.pretrained_cfg)
     before = count(model)
     pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
                                        prune_num_heads=heads, ignored_layers=final_classifiers(model))
@@ -55,11 +61,12 @@ def test_prune_and_use_timm_apis(name, kwargs, heads):
     with torch.no_grad():
         assert model(x).shape == reference.shape
         features = model.forward_features(x)
+        assert features.shape[channel_dim] == model.num_features
         pooled = model.forward_head(features, pre_logits=True)
         assert pooled.shape[-1] == model.head_hidden_size
         model.reset_classifier(7)
         assert model(x).shape == (1, 7)
-    assert model.pretrained_cfg["input_size"] == tuple(x.shape[1:])
+    assert model.pretrained_cfg == cfg_before
 
 
 def _attention_modules(model):
@@ -166,3 +173,16 @@ def test_swinv2_heads_prune_through_the_concatenated_qkv_bias():
         assert attention.qkv.out_features == 3 * attention.num_heads * _head_size(attention)
     with torch.no_grad():
         assert model(x).shape == (1, 1000)
+
+
+def test_trial_forward_of_a_head_removal_passes():
+    # Regression: trial forwards hand the fix-up copies of the modules; it must still find the new head
+    # count (by name), or validation wrongly refuses every whole-head group.
+    model, x = build("vit_tiny_patch16_224", {"depth": 1})
+    qkv = model.blocks[0].attn.qkv
+    pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.0,
+                                       prune_num_heads=True, ignored_layers=final_classifiers(model))
+    group = pruner.DG.get_pruning_group(qkv, tp.prune_linear_out_channels, list(range(64)))  # q of head 0
+    assert len(group[0].idxs) == 3 * 64  # the head's q, k and v rows go together
+    assert pruner.DG.check_pruning_group(group), group.check_failure
+    assert model.blocks[0].attn.num_heads == 3  # a check leaves the model untouched

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional
 
 from torch import nn
 
-from pruning_core import StructureHint
+from pruning_core import PruningError, StructureHint
+from pruning_core.serialization.record import RECORD_ATTR
 
 
 def qkv_head_size(module: nn.Module) -> Optional[int]:
@@ -57,17 +58,28 @@ def structure_hints(model: nn.Module) -> List[StructureHint]:
 
 
 def _original(module: nn.Module, attr: str) -> Any:
-    record = module.__dict__.get("_pruning_record")
+    record = module.__dict__.get(RECORD_ATTR)
     if record is not None and attr in record["attrs"]:
         return record["attrs"][attr]
-    return getattr(module, attr)
+    return getattr(module, attr, None)
 
 
 def _original_rows(layer: nn.Module) -> int:
-    record = layer.__dict__.get("_pruning_record")
+    record = layer.__dict__.get(RECORD_ATTR)
     if record is not None and "weight" in record["shapes"]:
         return record["shapes"]["weight"][0]
     return layer.weight.shape[0]
+
+
+def _original_head_size(module: nn.Module, qkv: nn.Linear) -> Optional[int]:
+    """Head size before any pruning: from the record, else from the attributes not yet updated."""
+    heads = _original(module, "num_heads")
+    for attr, per_head in (("head_dim", 1), ("attn_dim", heads)):
+        value = _original(module, attr)
+        if isinstance(value, int) and value % per_head == 0:
+            return value // per_head
+    size, rest = divmod(_original_rows(qkv), 3 * heads)
+    return None if rest else size
 
 
 def fix_attention(name: str, module: nn.Module, graph: Any) -> None:
@@ -76,22 +88,21 @@ def fix_attention(name: str, module: nn.Module, graph: Any) -> None:
     if graph is None or not isinstance(qkv, nn.Linear) or not isinstance(heads, int) \
             or getattr(module, "head_first", False):
         return
-    original_heads = _original(module, "num_heads")
-    original_size, rest = divmod(_original_rows(qkv), 3 * original_heads)
-    if rest:
-        return
-    if graph.has_channels(qkv):  # called, or its weight used by F.linear (BEiT, EVA, SwinV2)
+    original_size = _original_head_size(module, qkv)
+    try:  # by name: trial forwards hand fix-ups copies of the modules, which the graph does not know
         factors = graph.channel_structure(f"{name}.qkv" if name else "qkv")
-        body = factors[1:] if len(factors) > 1 and factors[0] == 3 else factors
-        heads, size = (math.prod(body[:-1]), body[-1]) if len(body) > 1 else (heads, body[0] // heads)
-    else:
+    except PruningError:  # qkv neither ran nor had its weight used (F.linear in BEiT, EVA, SwinV2)
+        factors = None
+    if factors and len(factors) > 2 and factors[0] == 3:
+        heads, size = math.prod(factors[1:-1]), factors[-1]
+    else:  # no head structure traced: the heads are whole, only their size can have changed
         size = qkv.weight.shape[0] // (3 * heads)
     module.num_heads = heads
     if isinstance(getattr(module, "head_dim", None), int):
         module.head_dim = size
     if isinstance(getattr(module, "attn_dim", None), int):
         module.attn_dim = heads * size
-    if isinstance(getattr(module, "scale", None), float) and original_size != size:
+    if isinstance(getattr(module, "scale", None), float) and original_size not in (None, size):
         module.scale = _original(module, "scale") * math.sqrt(original_size / size)
 
 
@@ -118,13 +129,24 @@ def fix_head(module: nn.Module) -> None:
     pre_logits = getattr(module, "pre_logits", None)
     hidden = getattr(getattr(pre_logits, "fc", None), "out_features", None)
     if width is None and isinstance(fc, nn.Linear):
-        width = fc.in_features
+        width = fc.in_features // _pool_multiplier(module)
     if width is not None and hasattr(module, "in_features"):
         module.in_features = width
     if hidden is not None and hasattr(module, "hidden_size"):
         module.hidden_size = hidden
     if hasattr(module, "num_features"):
         module.num_features = hidden or width or module.num_features
+
+
+def _pool_multiplier(*owners: Any) -> int:
+    """How many values pooling makes of one channel (2 for timm's ``catavgmax``), from a ``global_pool``."""
+    for owner in owners:
+        feat_mult = getattr(getattr(owner, "global_pool", None), "feat_mult", None)
+        if callable(feat_mult):
+            value = feat_mult()
+            if isinstance(value, int) and value > 0:
+                return value
+    return 1
 
 
 def _entry_width(module: nn.Module) -> Optional[int]:
@@ -141,19 +163,33 @@ def _entry_width(module: nn.Module) -> Optional[int]:
     return None
 
 
+def _original_in_channels(conv: nn.Conv2d) -> int:
+    record = conv.__dict__.get(RECORD_ATTR)
+    if record is not None and "in_channels" in record["attrs"]:
+        return record["attrs"]["in_channels"]
+    return conv.in_channels
+
+
 def fix_model(model: nn.Module) -> None:
     """``num_features``, ``head_hidden_size`` and ``embed_dim`` drive ``forward_head`` and ``reset_classifier``."""
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Module):
         finals = final_classifiers(model)
         head = finals[0] if finals else None
-    features = _entry_width(head) if isinstance(head, nn.Module) else None
-    if features is None:
+    entry = _entry_width(head) if isinstance(head, nn.Module) else None
+    if entry is None:
         return
+    features = entry // _pool_multiplier(model, head)
     hidden = getattr(head, "num_features", features)
     if not isinstance(hidden, int):
         hidden = features
     previous = getattr(model, "num_features", None)
+    conv_head = getattr(model, "conv_head", None)
+    multiplier = _pool_multiplier(model)
+    if (isinstance(conv_head, nn.Conv2d) and isinstance(previous, int)
+            and _original(model, "num_features") == _original_in_channels(conv_head) // multiplier):
+        # MobileNetV3, GhostNet: pooling, then conv_head widens num_features to head_hidden_size.
+        features, hidden = conv_head.in_channels // multiplier, entry
     if isinstance(previous, int):
         model.num_features = features
     if isinstance(getattr(model, "head_hidden_size", None), int):
