@@ -58,7 +58,11 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--timm-list", required=True)
+    parser.add_argument("--memory-gib", type=float, default=0, help="address-space limit (0: none)")
     args = parser.parse_args()
+    if args.memory_gib > 0:  # set here, not with preexec_fn: the sweep starts workers from threads
+        limit = int(args.memory_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     torch.manual_seed(0)

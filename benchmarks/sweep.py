@@ -13,7 +13,6 @@ import collections
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -28,22 +27,15 @@ LIBS = ("pruning_core", "torch_pruning")
 TIMM_LIST = os.path.join(HERE, "timm_families.txt")
 
 
-def _limit_memory(gib: float):
-    """Cap the worker's address space: torch-pruning can grow past the machine's RAM (swin_t: 24 GB)."""
-    def apply() -> None:
-        limit = int(gib * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    return apply
-
-
 def run_case(lib: str, case: sweep_models.Case, timeout: float, ratio: float, memory_gib: float) -> Dict:
     command = [sys.executable, os.path.join(HERE, "_sweep_worker.py"), "--lib", lib, "--suite", case.suite,
-               "--model", case.name, "--ratio", str(ratio), "--timm-list", TIMM_LIST]
+               "--model", case.name, "--ratio", str(ratio), "--timm-list", TIMM_LIST,
+               # the worker caps its address space: torch-pruning can outgrow the machine (swin_t: 24 GB)
+               "--memory-gib", str(memory_gib)]
     start = time.perf_counter()
     base = {"lib": lib, "suite": case.suite, "model": case.name, "kind": case.kind}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=_limit_memory(memory_gib))
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {**base, "status": "timeout", "error": f"no result within {timeout:.0f} s", "wall_s": timeout}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
