@@ -249,3 +249,19 @@ def test_attributes_a_forward_sets_after_pruning_are_not_saved(tmp_path):
     assert record["conv"]["attrs"] == {"out_channels": 4}
     fresh = tp.load_pruned(_CachesInputShape(), str(tmp_path / "saved"))
     torch.testing.assert_close(fresh(x), expected)
+
+
+def test_a_record_from_before_pruned_attrs_still_saves_changed_attributes(tmp_path):
+    # Models pickled by an earlier version carry records without "pruned_attrs": every attribute
+    # that differs from the original must still be saved, or the loaded model is silently broken.
+    model, x = _pruned("resnet18", size=64)
+    expected = run(model, x)
+    for module in model.modules():
+        record = module.__dict__.get("_pruning_record")
+        if record is not None:
+            module.__dict__["_pruning_record"] = {k: v for k, v in record.items() if k != "pruned_attrs"}
+    tp.save_pruned(model, str(tmp_path / "saved"))
+    record = json.load(open(tmp_path / "saved" / "pruning.json"))["structure"]
+    assert record["conv1"]["attrs"]["out_channels"] == model.conv1.out_channels
+    loaded = tp.load_pruned(_fresh("resnet18"), str(tmp_path / "saved"))
+    torch.testing.assert_close(run(loaded, x), expected, rtol=0, atol=0)

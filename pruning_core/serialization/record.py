@@ -90,8 +90,9 @@ def changes(module: nn.Module) -> Optional[Dict[str, Any]]:
     if record is None:
         return None
     now_attrs = plain_attrs(module)
-    attrs = {k: now_attrs[k] for k in record.get("pruned_attrs", ()) if k in now_attrs
-             and record["attrs"].get(k, _MISSING) != now_attrs[k]}
+    # Records made before pruned_attrs existed (pickled with a model) fall back to every changed attribute.
+    names = record["pruned_attrs"] if "pruned_attrs" in record else now_attrs.keys()
+    attrs = {k: now_attrs[k] for k in names if k in now_attrs and record["attrs"].get(k, _MISSING) != now_attrs[k]}
     shapes = {k: v for k, v in tensor_shapes(module).items() if record["shapes"].get(k) != v}
     removed = {}
     for key, kept in record["kept"].items():
