@@ -214,7 +214,7 @@ def test_installed_ultralytics_is_in_the_pinned_and_tested_range():
     assert outside_tested_range("8.5.0") and outside_tested_range("8.3.99") and not outside_tested_range("8.4.0")
 
 
-def _tiny_dataset(root):
+def _tiny_dataset(root, classes=80):
     from PIL import Image
 
     for split in ("train", "val"):
@@ -224,7 +224,8 @@ def _tiny_dataset(root):
             pixels = np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / "images" / split / f"{i}.jpg")
             (root / "labels" / split / f"{i}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
-    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: thing\n")
+    names = "".join(f"  {i}: class{i}\n" for i in range(classes))
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}")
     return root / "data.yaml"
 
 
@@ -246,3 +247,15 @@ def test_fine_tuning_trains_the_pruned_model(tmp_path, monkeypatch):
     changed = [k for k, v in yolo.model.state_dict().items() if k in before and v.shape == before[k].shape
                and v.is_floating_point() and not torch.equal(v.float(), before[k].float())]
     assert changed, "training did not update the pruned weights"
+
+
+def test_fine_tuning_refuses_data_with_another_class_count(tmp_path, monkeypatch):
+    from pruning_core_yolo import pruned_trainer
+
+    monkeypatch.chdir(tmp_path)
+    data = _tiny_dataset(tmp_path / "data", classes=1)
+    yolo, _ = build("yolov8n.yaml")  # 80 classes
+    with pytest.raises(tp.ConfigurationError, match="predicts 80 classes but the dataset .* has 1"):
+        yolo.train(data=str(data), epochs=1, imgsz=64, batch=2, workers=0, plots=False, device="cpu", amp=False,
+                   project=str(tmp_path / "runs"), name="t", exist_ok=True, verbose=False,
+                   trainer=pruned_trainer(yolo))

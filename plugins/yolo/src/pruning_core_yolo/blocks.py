@@ -13,7 +13,7 @@ from pruning_core import StructureHint
 
 HEADS = ("Detect", "Segment", "Pose", "OBB", "v10Detect", "YOLOEDetect", "WorldDetect")
 # Blocks whose ``cv1`` output is split in two halves of ``c`` channels (``chunk(2)`` or ``split((c, c))``).
-SPLIT_BLOCKS = ("C2f", "C3k2", "C2PSA", "C2fPSA", "C2fAttn", "C2fCIB", "RepNCSPELAN4", "A2C2f")
+SPLIT_BLOCKS = ("C2f", "C3k2", "C2PSA", "C2fPSA", "C2fAttn", "C2fCIB", "RepNCSPELAN4", "ELAN1")
 
 
 def is_ultralytics(module: nn.Module) -> bool:

@@ -29,6 +29,14 @@ def pruned_trainer(yolo: Any) -> type:
         """Trains the pruned model instead of rebuilding the architecture from its YAML."""
 
         def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> Any:
+            head_classes = getattr(model.model[-1], "nc", None) if hasattr(model, "model") else None
+            data_classes = self.data.get("nc") if isinstance(getattr(self, "data", None), dict) else None
+            if isinstance(head_classes, int) and isinstance(data_classes, int) and head_classes != data_classes:
+                # ultralytics would set model.nc to the data's count while the head still predicts the old one.
+                raise ConfigurationError(
+                    f"pruned_trainer: the pruned model's Detect head predicts {head_classes} classes but the "
+                    f"dataset {self.args.data!r} has {data_classes}. Build the model for your classes before "
+                    f"pruning (a YAML with nc: {data_classes}, or a model already fine-tuned on this data).")
             return model
 
     PrunedModelTrainer.__name__ = f"Pruned{base.__name__}"
