@@ -401,15 +401,18 @@ class DependencyGraph:
         """Declare that a module's channels on ``side`` are ``groups`` equal blocks (heads).
 
         Whole blocks become prunable if ``prunable_groups``; positions inside
-        the blocks (the same in every block) if ``prunable_within``. Returns
-        whether the structure could be applied.
+        the blocks (the same in every block) if ``prunable_within``. When the
+        channels are equal parts joined by a concatenation (q, k and v), the
+        blocks are declared in each part. Returns whether the structure could
+        be applied.
         """
         slot = self._channel_slot(module, side)
         space = self._recorder.space
         expr = resolve(slot.expr)
         found = _find_group_factor(expr, groups, group_size)
         pairs = [found] if found is not None else []
-        if not pairs and type(expr) is Cat:  # q, k and v concatenated (a fused bias): heads in each part
+        if not pairs and type(expr) is Cat and len({current_size(part) for part in expr.parts}) == 1:
+            # Equal parts joined (q, k and v by a concatenated bias): the heads are in each part.
             parts = [_find_group_factor(resolve(part), groups, group_size) for part in expr.parts]
             pairs = parts if all(p is not None for p in parts) else []
         if not pairs:

@@ -42,6 +42,10 @@ class DimError(Exception):
     """Two expressions cannot be made to describe the same index space."""
 
 
+class DataDependentDimError(DimError):
+    """An op's output size depends on the values in its input (a boolean mask), not on its shapes."""
+
+
 class Atom:
     """An indivisible dimension; union-find node."""
 

@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import GraphError
 from . import handlers as hv
-from .dims import STRUCTURED, Cat, DimError, DimSpace, Expr, Prod, leaves, resolve
+from .dims import STRUCTURED, Cat, DataDependentDimError, DimError, DimSpace, Expr, Prod, leaves, resolve
 from .slots import Slot, Target
 
 
@@ -131,7 +131,14 @@ class OpCall:
         self.recorder.space.mark(expr, STRUCTURED, note or f"sized in code at {self.name}")
 
 
-_DATA_DEPENDENT_OPS = ("nonzero", "masked_select", "unique", "nms")
+_DATA_DEPENDENT_OPS = {"nonzero", "nonzero_static", "masked_select", "unique", "_unique", "_unique2",
+                       "unique_consecutive", "unique_dim", "nms", "argwhere"}
+
+
+def _op_base_name(op_name: str) -> str:
+    """``aten.nonzero.default`` and ``torchvision.nms.default`` give ``nonzero`` and ``nms``."""
+    parts = op_name.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
 
 
 class Recorder:
@@ -310,7 +317,7 @@ class Recorder:
             try:
                 rule(call)
             except DimError as exc:
-                data_dependent = "data-dependent" in str(exc)
+                data_dependent = isinstance(exc, DataDependentDimError)
                 self._give_up(call, inputs, outputs, op_name, f"shapes could not be related ({exc})")
         out_serials = []
         for tensor in outputs:
@@ -319,7 +326,7 @@ class Recorder:
             out_serials.append(self._serial(tensor))
         # Sizes chosen by data (nonzero, NMS...) stay data-dependent through later ops: a size an op
         # derives from a tensor with a data-dependent dim (a slice of it, a top-k) is data-dependent too.
-        if data_dependent or any(key in op_name for key in _DATA_DEPENDENT_OPS):
+        if data_dependent or _op_base_name(op_name) in _DATA_DEPENDENT_OPS:
             self.data_tainted.update(out_serials)
             for tensor in outputs:
                 for expr in self.dims_of(tensor):

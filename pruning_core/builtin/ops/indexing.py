@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import torch
 
-from ...graph.dims import ONE, STRUCTURED, Cat, DimError, Expr, resolve
+from ...graph.dims import ONE, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, resolve
 from ...graph.rules import broadcast_into, norm_dim
 from ...graph.trace import OpCall
 from ...hookspecs import hookimpl
@@ -146,7 +146,7 @@ def index(call: OpCall) -> None:
     out = call.outputs[0]
     present = [i for i, t in enumerate(indices) if t is not None]
     if any(indices[i].dtype == torch.bool for i in present):
-        raise DimError("boolean mask indexing has a data-dependent shape")
+        raise DataDependentDimError("boolean mask indexing has a data-dependent shape")
     dims = call.dims(source)
     for i in present:
         call.freeze(dims[i], "indexed by a tensor")
