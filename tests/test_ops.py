@@ -63,6 +63,9 @@ EXACT_OPS = {
     "roll_spatial": lambda x: torch.roll(x, 1, dims=3),
     "stack_mean": lambda x: torch.stack([x, x.relu()], dim=0).mean(0),
     "dropout_eval": lambda x: F.dropout(x, 0.5, training=False),
+    "index_add_spatial": lambda x: torch.zeros_like(x).index_add(3, torch.tensor([0, 2, 4]), x[..., :3]) + x,
+    "index_copy_spatial": lambda x: x.clone().index_copy(2, torch.tensor([5, 1]), x[:, :, :2].relu()),
+    "index_fill_spatial": lambda x: x.index_fill(3, torch.tensor([0]), 0.0),
 }
 
 

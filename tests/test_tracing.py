@@ -391,7 +391,7 @@ def test_outputs_whose_size_the_data_decides_do_not_block_pruning():
     detections_before = run(model, x)[0].shape[0]
     DG = tp.DependencyGraph().build_dependency(model, x)
     dynamic = DG._recorder.output_dynamic
-    assert dynamic[0] == (True,) and dynamic[1][0], dynamic  # detection counts; trailing dims may be loose
+    assert dynamic == [(True,), (True, False)]  # detection counts vary; the pasted width (4) does not
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a refused group would warn
         tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.5,

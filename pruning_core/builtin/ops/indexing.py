@@ -201,6 +201,23 @@ def scatter(call: OpCall) -> None:
     call.set(call.outputs[0], dims)
 
 
+def index_write(call: OpCall) -> None:
+    """index_add/index_copy/index_fill: rows of ``self`` along ``dim`` are written at indices."""
+    target = call.arg("self")
+    dim = norm_dim(call.arg("dim"), max(target.ndim, 1))
+    dims = call.dims(target)
+    if target.ndim:
+        call.freeze(dims[dim], f"written at indices by {call.name}")
+    source = call.arg("source")
+    if isinstance(source, torch.Tensor) and source.ndim == target.ndim and source.ndim:
+        sdims = call.dims(source)
+        call.freeze(sdims[dim], f"rows written at indices by {call.name}")
+        for d in range(target.ndim):
+            if d != dim:
+                call.unify(dims[d], sdims[d])
+    call.set(call.outputs[0], dims)
+
+
 def index_put(call: OpCall) -> None:
     source = call.arg("self")
     dims = call.dims(source)
@@ -256,6 +273,12 @@ def register_op_rules():
         "aten::scatter_add": scatter,
         "aten::scatter_add_": scatter,
         "aten::scatter_reduce": scatter,
+        "aten::index_add": index_write,
+        "aten::index_add_": index_write,
+        "aten::index_copy": index_write,
+        "aten::index_copy_": index_write,
+        "aten::index_fill": index_write,
+        "aten::index_fill_": index_write,
         "aten::index_put": index_put,
         "aten::index_put_": index_put,
         "aten::_index_put_impl_": index_put,
