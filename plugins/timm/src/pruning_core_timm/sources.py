@@ -6,6 +6,8 @@ import torch
 
 from pruning_core import ConfigurationError, ModelSource
 
+from .blocks import final_classifiers
+
 
 def resolve(spec: str) -> ModelSource:
     import timm
@@ -16,5 +18,5 @@ def resolve(spec: str) -> ModelSource:
         raise ConfigurationError(f"timm has no model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     model = timm.create_model(name, pretrained=False).eval()
     size = tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
-    keep = (model.get_classifier(),) if hasattr(model.get_classifier(), "weight") else ()
+    keep = tuple(final_classifiers(model))  # distilled models have two
     return ModelSource(model, torch.randn(1, *size), spec, keep=keep, description=f"timm {name} (random weights)")
