@@ -78,3 +78,8 @@ __all__ = [
     "PluginConflictError",
     "SerializationError",
 ]
+
+
+class PruningWarning(UserWarning):
+    """A request was adjusted (clamped to keep one channel), or part of the model could not be covered."""
+

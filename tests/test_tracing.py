@@ -400,3 +400,24 @@ def test_outputs_whose_size_the_data_decides_do_not_block_pruning():
     scores, pasted = run(model, x)
     assert pasted.shape[1:] == (4,) and scores.shape[0] == pasted.shape[0]
     assert scores.shape[0] != detections_before  # the case this guards: the count really changed
+
+
+class WithTrainingOnlyHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(3, 8, 1)
+        self.aux = nn.Conv2d(8, 2, 1)  # like GoogLeNet's auxiliary classifiers
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.body(x)
+        return (self.head(y), self.aux(y)) if self.training else self.head(y)
+
+
+def test_layers_the_forward_did_not_reach_are_named_in_a_warning():
+    model = WithTrainingOnlyHead().eval()
+    with pytest.warns(tp.pruner.PruningWarning, match=r"1 layer\(s\) .* did not run .*: aux\."):
+        tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say when every layer ran
+        tp.DependencyGraph().build_dependency(model.train(), torch.randn(2, 3, 4, 4))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 
 from .. import _plugins
 from .._gc import without_gc
-from ..errors import (ConfigurationError, EmptyLayerError, GraphError, NoHandlerError,
+from ..errors import (ConfigurationError, EmptyLayerError, GraphError, NoHandlerError, PruningWarning,
                       PruneFailedError, PruningError, TracingError, UnsupportedModelError)
 from . import handlers as hv
 from .dims import FROZEN, UNLOCKED, Atom, Cat, DimError, atom_offsets, coords, current_size, leaves, resolve
@@ -167,7 +168,23 @@ class DependencyGraph:
         self._link_shared_parameters(model, recorder)
         self._freeze_unlinked(recorder)
         self._index_cache = None
+        self._warn_about_modules_that_did_not_run(model, recorder)
         return self
+
+    def _warn_about_modules_that_did_not_run(self, model: nn.Module, recorder: Recorder) -> None:
+        """Layers the traced forward never reached (GoogLeNet's training-only auxiliary heads) are not
+        pruned: if they read pruned channels, they fail when they do run. Say so now, not at train time."""
+        used = {id(slot.target.owner) for slot in recorder.slots if slot.is_param}
+        missed = [name for name, module in model.named_modules()
+                  if any(True for _ in module.parameters(recurse=False)) and id(module) not in recorder.module_slots
+                  and id(module) not in used]
+        if missed:
+            shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
+            warnings.warn(
+                f"{len(missed)} layer(s) with parameters did not run in the traced forward: {shown}. They are "
+                "not pruned, and they fail if they run later and read pruned channels (auxiliary heads that run "
+                "only in training mode). Remove them before pruning, or trace with inputs and a mode that runs them.",
+                PruningWarning, stacklevel=3)
 
     def _trace(self, model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output_transform: Optional[Callable]
                ) -> Recorder:

@@ -13,11 +13,8 @@ from torch import nn
 from ..graph.dims import Atom
 from ..graph.group import Group
 from ..graph.slots import Slot
+from ..errors import PruningWarning
 from .options import PruningOptions, schedule
-
-
-class PruningWarning(UserWarning):
-    """A pruning request was adjusted (for example clamped to keep one channel)."""
 
 
 @dataclasses.dataclass
