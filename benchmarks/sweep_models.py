@@ -50,8 +50,11 @@ def output_layers(model: nn.Module, kind: str) -> List[nn.Module]:
                 and isinstance(m, nn.modules.conv._ConvNd)]
         keep.extend(mask[-1:])
     if kind in ("classification", "video") and layers:
-        finals = [m for m in layers if getattr(m, "out_features", getattr(m, "out_channels", None)) in (1000, 400)]
-        keep.extend(finals or layers[-1:])
+        # The last layer with one output per class (ImageNet 1000, Kinetics 400); hidden layers may be
+        # as wide (regnet_x_400mf has 400-channel stages), and auxiliary heads come earlier.
+        classes = 1000 if kind == "classification" else 400
+        finals = [m for m in layers if getattr(m, "out_features", getattr(m, "out_channels", None)) == classes]
+        keep.extend(finals[-1:] or layers[-1:])
     return list({id(m): m for m in keep}.values())
 
 
