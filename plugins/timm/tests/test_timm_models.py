@@ -29,7 +29,8 @@ MODELS = [
     ("mixer_s16_224", {}, False),
     ("levit_128s", {}, False),
     ("mobilenetv3_small_050", {}, False),  # num_features (last stage) differs from head_hidden_size
-    ("skresnet18", {}, False),  # selective-kernel attention: a structure hint on fc_select
+    ("skresnet18", {}, False),
+    ("nf_regnet_b0", {}, False),  # ScaledStdConv2d: gain per output channel  # selective-kernel attention: a structure hint on fc_select
 ]
 
 
@@ -186,3 +187,26 @@ def test_trial_forward_of_a_head_removal_passes():
     assert len(group[0].idxs) == 3 * 64  # the head's q, k and v rows go together
     assert pruner.DG.check_pruning_group(group), group.check_failure
     assert model.blocks[0].attn.num_heads == 3  # a check leaves the model untouched
+
+
+def test_scaled_std_conv_keeps_gain_and_scale_in_step():
+    from timm.layers import ScaledStdConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), ScaledStdConv2d(6, 8, 3, gamma=2.0), nn.Conv2d(8, 2, 1)).eval()
+    conv = model[1]
+    with torch.no_grad():
+        conv.gain.uniform_(0.5, 1.5)
+    x = torch.randn(1, 3, 5, 5)
+    hidden = model[0](x)
+    expected = conv(hidden)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    group = DG.get_pruning_group(conv, tp.prune_conv_out_channels, [1, 4])
+    assert "ScaledStd" in repr(group[0].dep.handler)  # the plugin's handler, found from the layer's class
+    group.prune()
+    # Standardization is per output channel, so the kept channels are unchanged.
+    torch.testing.assert_close(conv(hidden), expected[:, [0, 2, 3, 5, 6, 7]])
+    assert conv.gain.shape == (6, 1, 1, 1)
+    DG.get_pruning_group(model[0], tp.prune_conv_out_channels, [0, 1]).prune()
+    assert conv.weight.shape[1] == 4 and conv.scale == pytest.approx(2.0 / (4 * 9) ** 0.5)
+    assert model(x).shape == (1, 2, 5, 5)

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from pruning_core import ModelScheme, StructureHint, hookimpl
+from pruning_core import LayerHandlerSpec, ModelScheme, StructureHint, hookimpl
 
 
 def _is_timm_model(model: Any) -> bool:
     return type(model).__module__.startswith("timm.")
+
+
+@hookimpl
+def register_layer_handlers() -> List[LayerHandlerSpec]:
+    """ScaledStdConv2d (NFNets): its per-channel ``gain`` and fan-in ``scale``."""
+    from .std_conv import scaled_std_conv_handler
+
+    return [LayerHandlerSpec(target=f"timm.layers.std_conv.{name}", handler=scaled_std_conv_handler)
+            for name in ("ScaledStdConv2d", "ScaledStdConv2dSame")]
 
 
 @hookimpl
