@@ -421,3 +421,15 @@ def test_layers_the_forward_did_not_reach_are_named_in_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to say when every layer ran
         tp.DependencyGraph().build_dependency(model.train(), torch.randn(2, 3, 4, 4))
+
+
+def test_a_fixed_size_may_follow_a_data_decided_size_in_lockstep():
+    from pruning_core.graph.validate import shapes_match
+
+    # Keypoint R-CNN: boxes (N, 4) are data-decided; keypoints are torch.zeros(len(boxes), 17, 3) in Python.
+    reference, dynamic = [(5, 4), (5, 17, 3)], [(True, False), (False, False, False)]
+    assert shapes_match(reference, [(3, 4), (3, 17, 3)], dynamic)
+    assert not shapes_match(reference, [(3, 4), (4, 17, 3)], dynamic)  # not the same change
+    assert not shapes_match(reference, [(5, 4), (3, 17, 3)], dynamic)  # no data-decided dim changed
+    assert not shapes_match(reference, [(3, 4), (3, 17, 2)], dynamic)
+    assert not shapes_match(reference, [(3, 4)], dynamic)

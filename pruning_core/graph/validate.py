@@ -78,15 +78,21 @@ def shapes_of(output: Any) -> List[Tuple[int, ...]]:
 
 def shapes_match(reference: Sequence[Tuple[int, ...]], shapes: Sequence[Tuple[int, ...]],
                  dynamic: Sequence[Tuple[bool, ...]]) -> bool:
-    """Same outputs with the same shapes, except dims whose size the data decides (``dynamic``)."""
-    if len(reference) != len(shapes):
+    """Same outputs with the same shapes, except dims whose size the data decides (``dynamic``).
+
+    A size the tracer saw as a constant may follow a data-decided one through Python
+    (``torch.zeros(len(boxes), 17, 3)`` for a detector's keypoints): a dim that changes
+    exactly as a data-decided dim of the same size changed is accepted too.
+    """
+    if len(reference) != len(shapes) or any(len(r) != len(g) for r, g in zip(reference, shapes)):
         return False
     flags = list(dynamic) + [()] * (len(reference) - len(dynamic))
+    moves = {(r, g) for ref, got, dyn in zip(reference, shapes, flags)
+             for i, (r, g) in enumerate(zip(ref, got)) if i < len(dyn) and dyn[i] and r != g}
     for ref, got, dyn in zip(reference, shapes, flags):
-        if len(ref) != len(got):
-            return False
-        if any(r != g and not (i < len(dyn) and dyn[i]) for i, (r, g) in enumerate(zip(ref, got))):
-            return False
+        for i, (r, g) in enumerate(zip(ref, got)):
+            if r != g and not (i < len(dyn) and dyn[i]) and (r, g) not in moves:
+                return False
     return True
 
 
