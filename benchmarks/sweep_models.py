@@ -40,7 +40,10 @@ def output_layers(model: nn.Module, kind: str) -> List[nn.Module]:
         if name.endswith(HEAD_SUFFIXES):
             keep.append(module)
         elif ".module_list." in name and ("classification_head" in name or "regression_head" in name):
-            keep.append(module)  # SSD / SSDlite: one predictor per feature map
+            # SSD: one predictor conv per feature map (module_list.i); SSDlite: a depthwise conv, then
+            # the predictor (module_list.i.0 and .1). Keeping the depthwise conv would freeze the backbone.
+            if name.split(".module_list.")[1].split(".")[1:2] != ["0"]:
+                keep.append(module)
         elif kind == "segmentation" and (name.startswith(("classifier.", "aux_classifier."))) \
                 and module is [m for n, m in model.named_modules() if n.startswith(name.split(".")[0] + ".")
                                and isinstance(m, nn.modules.conv._ConvNd)][-1]:
