@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
-
 import warnings
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .. import _plugins
 from .._gc import without_gc
-
 from ..errors import ConfigurationError, PruneFailedError, PruningError
 from ..graph.depgraph import DependencyGraph, expand_ignored
 from ..graph.dims import current_size
