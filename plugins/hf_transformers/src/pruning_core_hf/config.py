@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from torch import nn
 
-from .attention import head_size, projections
+from .attention import PROJECTIONS, head_size, projections
 
 # Config fields this plugin may change; saved with pruned models so loading restores them.
 CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -25,8 +25,13 @@ MLP_INPUTS = (("gate_proj", "out_features"), ("up_proj", "out_features"), ("fc1"
               ("c_fc", "nf"), ("dense", "out_features"))
 
 
+_PROJECTION_CHILDREN = frozenset(["c_attn"] + [names[0] for names in PROJECTIONS])
+
+
 def _attention_blocks(model: nn.Module) -> List[nn.Module]:
-    return [m for _, m in model.named_modules() if projections(m) is not None]
+    # Only modules with a projection child can be attention: skip the slow attribute probes on the rest.
+    return [m for m in model.modules() if not _PROJECTION_CHILDREN.isdisjoint(m._modules)
+            and projections(m) is not None]
 
 
 def _mlp_widths(model: nn.Module) -> List[int]:
@@ -73,15 +78,17 @@ def fix_config(model: nn.Module) -> None:
     if getattr(config, "model_type", "") == "swin":
         _swin(model, config, updates, problems)
     else:
-        blocks = [_heads(b) for b in _attention_blocks(model)]
+        attention = _attention_blocks(model)  # scanned once: this runs after every pruned group
+        blocks = [_heads(b) for b in attention]
         heads = _uniform([b["heads"] for b in blocks])
         size = _uniform([b["size"] for b in blocks])
         kv_heads = _uniform([b["kv_heads"] for b in blocks])
         if blocks and (heads is None or size is None or kv_heads is None):
             problems.append("attention layers differ in heads or head size")
             heads = None
-        width = _uniform(_mlp_widths(model))
-        if _mlp_widths(model) and width is None:
+        widths = _mlp_widths(model)
+        width = _uniform(widths)
+        if widths and width is None:
             problems.append("MLP widths differ between layers")
         if hidden is None and hasattr(config, "hidden_size"):
             hidden = _vision_hidden(model)
@@ -91,7 +98,7 @@ def fix_config(model: nn.Module) -> None:
             updates["num_attention_heads"] = heads
             if hasattr(config, "num_key_value_heads"):
                 updates["num_key_value_heads"] = kv_heads
-            if _separate_head_dim(model):
+            if _separate_head_dim(attention):
                 updates["head_dim"] = size  # LLaMA-style blocks read config.head_dim when it is set
             elif hidden is not None and heads * size != hidden:
                 problems.append(f"{type(config).__name__} ties the attention width to hidden_size, but heads x "
@@ -112,9 +119,8 @@ def fix_config(model: nn.Module) -> None:
     config.pruning_core = {"uniform": True}
 
 
-def _separate_head_dim(model: nn.Module) -> bool:
+def _separate_head_dim(blocks: List[nn.Module]) -> bool:
     """LLaMA-style attention (with key/value groups) takes its head size from ``config.head_dim``."""
-    blocks = _attention_blocks(model)
     return bool(blocks) and all(hasattr(b, "num_key_value_groups") for b in blocks)
 
 
