@@ -95,8 +95,10 @@ def fix_attention(name: str, module: nn.Module, graph: Any) -> None:
         factors = None
     if factors and len(factors) > 2 and factors[0] == 3:
         heads, size = math.prod(factors[1:-1]), factors[-1]
-    else:  # no head structure traced: the heads are whole, only their size can have changed
+    elif qkv.weight.shape[0] % (3 * heads) == 0:  # no head structure traced: the heads are whole
         size = qkv.weight.shape[0] // (3 * heads)
+    else:  # not q/k/v-major heads (TinyViT, EfficientFormer: unequal q, k and v): left to the tracer
+        return
     module.num_heads = heads
     if isinstance(getattr(module, "head_dim", None), int):
         module.head_dim = size
