@@ -165,13 +165,6 @@ def _entry_width(module: nn.Module) -> Optional[int]:
     return None
 
 
-def _original_in_channels(conv: nn.Conv2d) -> int:
-    record = conv.__dict__.get(RECORD_ATTR)
-    if record is not None and "in_channels" in record["attrs"]:
-        return record["attrs"]["in_channels"]
-    return conv.in_channels
-
-
 def fix_model(model: nn.Module) -> None:
     """``num_features``, ``head_hidden_size`` and ``embed_dim`` drive ``forward_head`` and ``reset_classifier``."""
     head = getattr(model, "head", None)
@@ -189,7 +182,7 @@ def fix_model(model: nn.Module) -> None:
     conv_head = getattr(model, "conv_head", None)
     multiplier = _pool_multiplier(model)
     if (isinstance(conv_head, nn.Conv2d) and isinstance(previous, int)
-            and _original(model, "num_features") == _original_in_channels(conv_head) // multiplier):
+            and _original(model, "num_features") == _original(conv_head, "in_channels") // multiplier):
         # MobileNetV3, GhostNet: pooling, then conv_head widens num_features to head_hidden_size.
         features, hidden = conv_head.in_channels // multiplier, entry
     if isinstance(previous, int):
