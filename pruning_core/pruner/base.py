@@ -11,7 +11,8 @@ from torch import nn
 from .. import _plugins
 from .._gc import without_gc
 from ..errors import ConfigurationError, PruneFailedError, PruningError
-from ..graph.depgraph import DependencyGraph, expand_ignored
+from ..graph.depgraph import DependencyGraph
+from ..graph.grouping import expand_ignored
 from ..graph.dims import current_size
 from ..graph.group import Group
 from .options import PruningOptions
