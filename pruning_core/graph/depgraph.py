@@ -20,7 +20,8 @@ from .pruning import PruningMixin
 from .rules import pointwise
 from .slots import Slot
 from .structure import ChannelStructureMixin
-from .trace import Recorder, UnsupportedOp, run_trace
+from .capture import run_trace
+from .trace import Recorder, UnsupportedOp
 
 
 

@@ -135,7 +135,7 @@ class PruningMixin:
     def verify(self) -> Optional[str]:
         """Run the example inputs through the model; return why it failed, or None if outputs keep their shapes."""
         from .meta import to_meta, weights_on_meta
-        from .trace import EvalWhereHandlersAsk, ShapeOnlyForwards
+        from .capture import EvalWhereHandlersAsk, ShapeOnlyForwards
         from .validate import shapes_match, shapes_of
 
         try:

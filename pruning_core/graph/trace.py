@@ -5,18 +5,17 @@ pass runs, with real (or ``meta``) tensors, so it needs no autograd, works under
 ``torch.no_grad()``, with frozen parameters and on the meta device. Modules that
 have a layer handler are recorded as one call (their inner operators are
 skipped); everything else is recorded operator by operator, and each operator's
-rule unifies the dimension expressions of its inputs and outputs.
+rule unifies the dimension expressions of its inputs and outputs. Running the
+forward under the tracer is in :mod:`pruning_core.graph.capture`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import GraphError
 from . import handlers as hv
@@ -439,159 +438,3 @@ class Recorder:
                     slot.linked = True
             out_serials.append(self.set_dims(tensor, dims))
         self.nodes.append(Node("module", qualname, in_serials, out_serials, self.current_scope, (in_slot, out_slot)))
-
-
-class _DispatchTracer(TorchDispatchMode):
-    def __init__(self, recorder: Recorder) -> None:
-        super().__init__()
-        self.recorder = recorder
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self.recorder.handled_depth == 0:
-            self.recorder.record_op(func, args, kwargs, out)
-        return out
-
-
-def _install_hooks(model: torch.nn.Module, recorder: Recorder, tracer: "_DispatchTracer") -> List[Any]:
-    """Every module gets a pre/post hook pair: handled layers become one node, others name the scope.
-
-    While a handled layer runs, the tracer is paused: its inner operators are not
-    needed, and decomposed kernels (BatchNorm on meta) would cost Python time.
-    """
-    handles = []
-    actions: List[Tuple[str, Any]] = []
-
-    def pre(module, args, kwargs):
-        if id(module) in recorder.handlers:
-            outermost = recorder.handled_depth == 0
-            inputs = list(iter_tensors(args)) + list(iter_tensors(kwargs)) if outermost else None
-            actions.append(("handled", inputs))
-            recorder.handled_depth += 1
-            if outermost:
-                recorder.scope.append(recorder.module_names.get(id(module), ""))  # names errors raised inside
-                tracer.__exit__(None, None, None)
-        elif recorder.handled_depth == 0:
-            actions.append(("scope", None))
-            recorder.scope.append(recorder.module_names.get(id(module), ""))
-        else:
-            actions.append(("inner", None))
-
-    def post(module, args, kwargs, output=None):
-        if not actions:
-            return
-        kind, inputs = actions.pop()
-        if kind == "handled":
-            recorder.handled_depth -= 1
-            if inputs is not None:
-                tracer.__enter__()
-                if output is None and recorder.error_scope is None:
-                    recorder.error_scope = recorder.current_scope  # the innermost layer that raised
-                recorder.scope.pop()
-                if output is None:
-                    return
-                recorder.module_call(module, inputs, list(iter_tensors(output)))
-        elif kind == "scope" and recorder.scope:
-            if output is None and recorder.error_scope is None:
-                recorder.error_scope = recorder.current_scope
-            recorder.scope.pop()
-
-    for module in model.modules():
-        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
-    return handles
-
-
-class ShapeOnlyForwards:
-    """Context manager for meta runs: layers whose handler says ``shape_preserving`` skip their kernels.
-
-    On ``meta`` nothing is computed anyway, but some meta kernels (BatchNorm's)
-    are Python decompositions that cost milliseconds per call. A shape-preserving
-    layer's output is simply a new tensor shaped like its input.
-    """
-
-    def __init__(self, model: torch.nn.Module, handler_of: Callable[[torch.nn.Module], Any]) -> None:
-        self.patched = [m for m in model.modules() if getattr(handler_of(m), "shape_preserving", False)]
-
-    @staticmethod
-    def _shape_only(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.empty_like(x)
-
-    def __enter__(self) -> "ShapeOnlyForwards":
-        for module in self.patched:
-            module.forward = self._shape_only
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for module in self.patched:
-            module.__dict__.pop("forward", None)
-
-
-class EvalWhereHandlersAsk:
-    """Context manager: layers whose handler sets ``trace_in_eval`` run in eval mode.
-
-    A layer's train/eval mode can change what it computes without changing
-    which channels it couples; BatchNorm in training mode would otherwise reject
-    a batch of one and update its running statistics.
-    """
-
-    def __init__(self, model: torch.nn.Module, handler_of: Callable[[torch.nn.Module], Any]) -> None:
-        self.switched = [m for m in model.modules()
-                         if m.training and getattr(handler_of(m), "trace_in_eval", False)]
-
-    def __enter__(self) -> "EvalWhereHandlersAsk":
-        for module in self.switched:
-            module.training = False
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for module in self.switched:
-            module.training = True
-
-
-def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
-              forward_fn: Optional[Callable[[torch.nn.Module, Any], Any]],
-              output_transform: Optional[Callable[[Any], Any]], on_meta: bool = False) -> Any:
-    """Run one forward pass under the tracer and return its (transformed) output."""
-    if isinstance(example_inputs, dict):
-        for key, value in example_inputs.items():
-            for tensor in iter_tensors(value):
-                recorder.register_input(tensor, f"input {key}")
-    else:
-        for index, tensor in enumerate(iter_tensors(example_inputs)):
-            recorder.register_input(tensor, f"input {index}")
-    buffers = None
-    if any(m.training for m in model.modules()):
-        # Training-mode forwards update running statistics; tracing must not.
-        buffers = {name: buf.detach().clone() for name, buf in model.named_buffers()}
-    tracer = _DispatchTracer(recorder)
-    handles = _install_hooks(model, recorder, tracer)
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # fused encoder kernels would hide the layers
-    try:
-        handler_of = recorder.handlers.get
-
-        shape_only = ShapeOnlyForwards(model, lambda m: handler_of(id(m))) if on_meta else contextlib.nullcontext()
-        with torch.no_grad(), EvalWhereHandlersAsk(model, lambda m: handler_of(id(m))), shape_only, tracer:
-            if forward_fn is not None:
-                output = forward_fn(model, example_inputs)
-            elif isinstance(example_inputs, dict):
-                output = model(**example_inputs)
-            elif isinstance(example_inputs, (list, tuple)):
-                output = model(*example_inputs)
-            else:
-                output = model(example_inputs)
-            if output_transform is not None:
-                output = output_transform(output)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-        for handle in handles:
-            handle.remove()
-        if buffers is not None:
-            with torch.no_grad():
-                for name, buf in model.named_buffers():
-                    if name in buffers and buf.shape == buffers[name].shape:
-                        buf.copy_(buffers[name])
-    recorder.freeze_outputs(output)
-    return output

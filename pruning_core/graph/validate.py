@@ -122,7 +122,7 @@ class TrialRunner:
             break
 
     def _run(self, model: nn.Module, inputs: Any) -> Any:
-        from .trace import EvalWhereHandlersAsk
+        from .capture import EvalWhereHandlersAsk
 
         with torch.no_grad(), EvalWhereHandlersAsk(model, self.graph._resolve_handler):
             return self.forward(model, inputs)
