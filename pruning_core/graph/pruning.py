@@ -17,7 +17,7 @@ from .dims import Atom, current_size
 from .group import slot_handler
 from .slots import Slot
 from .transaction import ModuleSnapshot
-from ..serialization.record import ensure_record, note_attr_changes, note_removed, plain_attrs
+from .record import ensure_record, note_attr_changes, note_removed, plain_attrs
 
 
 class PruningMixin:

@@ -29,7 +29,7 @@ from .._version import __version__
 from ..errors import SerializationError
 from ..graph.transaction import ModuleSnapshot
 from ..records import class_key
-from .record import adopt_record, changes, ensure_record, is_plain
+from ..graph.record import adopt_record, changes, ensure_record, is_plain
 
 FORMAT = "pruning_core.pruned/1"
 WEIGHTS_FILE = "weights.safetensors"
@@ -163,8 +163,11 @@ def is_plain_tree(value: Any) -> bool:
     return is_plain(value)
 
 
-def _rebuild(model: nn.Module, structure: Dict[str, Any]) -> None:
-    """Resize the recorded tensors and set the recorded attributes on a fresh model."""
+def rebuild_structure(model: nn.Module, structure: Dict[str, Any]) -> None:
+    """Resize the recorded tensors and set the recorded attributes on a fresh model (no weights loaded).
+
+    ``structure`` is what :func:`structure_of` returned for the pruned model.
+    """
     modules = dict(model.named_modules())
     replaced: Dict[int, torch.Tensor] = {}  # keeps tied weights tied
     originals: List[torch.Tensor] = []  # keeps replaced tensors alive, so their ids cannot be reused
@@ -225,7 +228,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Modul
     structure, extra, tensors = _check_payload(state_dict)
     snapshot = ModuleSnapshot(model.modules())
     try:
-        _rebuild(model, structure)
+        rebuild_structure(model, structure)
         _restore_extra(model, extra)
         # Check every key and shape first: load_state_dict copies matching tensors in place
         # before it reports mismatches, which would leave the model half-loaded.
@@ -363,4 +366,4 @@ def load_pruned(model: nn.Module, directory: str) -> nn.Module:
 
 
 __all__ = ["state_dict", "load_state_dict", "save_pruned", "load_pruned", "read_record", "structure_of",
-           "FORMAT"]
+           "rebuild_structure", "FORMAT"]

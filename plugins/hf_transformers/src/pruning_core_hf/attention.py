@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from torch import nn
 
 from pruning_core import StructureHint
+from pruning_core.graph.record import original_attr
 
 PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size")
@@ -80,13 +81,6 @@ def _heads(factors: List[int], skip: int = 0) -> tuple:
     return math.prod(body[:-1]), body[-1]
 
 
-def _original(module: nn.Module, attr: str) -> Any:
-    record = module.__dict__.get("_pruning_record")
-    if record is not None and attr in record["attrs"]:
-        return record["attrs"][attr]
-    return getattr(module, attr)
-
-
 def fix_attention(name: str, module: nn.Module, graph: Any) -> None:
     """Recompute head counts, head size, scaling and friends from the projections' current structure."""
     parts = projections(module)
@@ -103,7 +97,7 @@ def fix_attention(name: str, module: nn.Module, graph: Any) -> None:
     original_size = None
     for attr in HEAD_SIZE_ATTRS:
         if hasattr(module, attr):
-            original_size = _original(module, attr)
+            original_size = original_attr(module, attr)
             setattr(module, attr, size)
     for attr in HEAD_COUNT_ATTRS:
         if isinstance(getattr(module, attr, None), int):
@@ -116,4 +110,4 @@ def fix_attention(name: str, module: nn.Module, graph: Any) -> None:
         module.split_size = heads * size
         module.embed_dim = heads * size
     if isinstance(getattr(module, "scaling", None), float) and original_size:
-        module.scaling = _original(module, "scaling") * math.sqrt(original_size / size)
+        module.scaling = original_attr(module, "scaling") * math.sqrt(original_size / size)

@@ -43,7 +43,7 @@ def from_pretrained(directory: str, model_class: Optional[Any] = None, **kwargs:
     import transformers
     from safetensors.torch import load_file
 
-    from pruning_core.serialization import _rebuild
+    from pruning_core.serialization import rebuild_structure
 
     config = transformers.AutoConfig.from_pretrained(directory)
     if model_class is None:
@@ -59,7 +59,7 @@ def from_pretrained(directory: str, model_class: Optional[Any] = None, **kwargs:
     if record.get("format") != "pruning_core.hf/1":
         raise SerializationError(f"{record_path} is not a pruning_core transformers record")
     model = model_class(config)
-    _rebuild(model, record["structure"])
+    rebuild_structure(model, record["structure"])
     weights = os.path.join(directory, "model.safetensors")
     state = load_file(weights)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 from torch import nn
 
 from pruning_core import PruningError, StructureHint
-from pruning_core.serialization.record import RECORD_ATTR
+from pruning_core.graph.record import original_attr, original_shape
 
 
 def qkv_head_size(module: nn.Module) -> Optional[int]:
@@ -58,17 +58,7 @@ def structure_hints(model: nn.Module) -> List[StructureHint]:
 
 
 def _original(module: nn.Module, attr: str) -> Any:
-    record = module.__dict__.get(RECORD_ATTR)
-    if record is not None and attr in record["attrs"]:
-        return record["attrs"][attr]
-    return getattr(module, attr, None)
-
-
-def _original_rows(layer: nn.Module) -> int:
-    record = layer.__dict__.get(RECORD_ATTR)
-    if record is not None and "weight" in record["shapes"]:
-        return record["shapes"]["weight"][0]
-    return layer.weight.shape[0]
+    return original_attr(module, attr, None)
 
 
 def _original_head_size(module: nn.Module, qkv: nn.Linear) -> Optional[int]:
@@ -78,7 +68,7 @@ def _original_head_size(module: nn.Module, qkv: nn.Linear) -> Optional[int]:
         value = _original(module, attr)
         if isinstance(value, int) and value % per_head == 0:
             return value // per_head
-    size, rest = divmod(_original_rows(qkv), 3 * heads)
+    size, rest = divmod(original_shape(qkv, "weight")[0], 3 * heads)
     return None if rest else size
 
 

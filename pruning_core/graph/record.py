@@ -1,10 +1,14 @@
 """What pruning changed in each module, kept on the module itself as plain data.
 
-Before a module is first changed, its plain attributes (ints, tuples, strings...)
-and tensor shapes are recorded in ``module._pruning_record``; each removal notes
-which original channels went away. The record pickles with the module and is
-what :func:`pruning_core.state_dict` saves: new shapes, changed attributes and
-lost channels, never code.
+Pruning writes the record (it lives with the graph, not with serialization):
+before a module is first changed, its plain attributes (ints, tuples, strings...)
+and tensor shapes are stored on the module; each removal notes which original
+channels went away. The record pickles with the module and is what
+:func:`pruning_core.state_dict` saves: new shapes, changed attributes and lost
+channels, never code.
+
+Plugins read a module's state before pruning with :func:`original_attr` and
+:func:`original_shape`; the storage itself is private.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from torch import nn
 
 RECORD_ATTR = "_pruning_record"
+_MISSING = object()
 _PLAIN_SCALARS = (int, float, bool, str, type(None))
 
 
@@ -122,4 +127,31 @@ def adopt_record(module: nn.Module, attrs: Dict[str, Any], removed: Dict[str, Li
     module.__dict__[RECORD_ATTR] = record
 
 
-_MISSING = object()
+
+
+
+def original_attr(module: nn.Module, attr: str, default: Any = _MISSING) -> Any:
+    """``module.attr`` as it was before any pruning (the current value if pruning never changed the module).
+
+    Raises ``AttributeError`` when the module has no such attribute and no ``default`` is given.
+    """
+    record = module.__dict__.get(RECORD_ATTR)
+    if record is not None and attr in record["attrs"]:
+        return record["attrs"][attr]
+    if default is _MISSING:
+        return getattr(module, attr)
+    return getattr(module, attr, default)
+
+
+def original_shape(module: nn.Module, tensor_name: str) -> Optional[List[int]]:
+    """The shape of the parameter or buffer ``tensor_name`` before any pruning, or None if there is none."""
+    record = module.__dict__.get(RECORD_ATTR)
+    if record is not None and tensor_name in record["shapes"]:
+        return list(record["shapes"][tensor_name])
+    tensor = getattr(module, tensor_name, None)
+    return list(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+
+
+def was_pruned(module: nn.Module) -> bool:
+    """Whether pruning has changed this module (its tensors or attributes)."""
+    return changes(module) is not None
