@@ -54,6 +54,7 @@ BUILTIN_PLUGINS: Tuple[str, ...] = (
     "pruning_core.builtin.handlers.embedding",
     "pruning_core.builtin.handlers.attention",
     "pruning_core.builtin.handlers.rnn",
+    "pruning_core.builtin.handlers.parameter",
     "pruning_core.builtin.ops.pointwise",
     "pruning_core.builtin.ops.shape",
     "pruning_core.builtin.ops.indexing",

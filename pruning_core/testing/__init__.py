@@ -37,8 +37,8 @@ def check_handler(handler: Any, layer: nn.Module, example_input: torch.Tensor) -
     n_out, n_in = int(handler.get_out_channels(layer)), int(handler.get_in_channels(layer))
     if n_out < 2 or n_in < 1:
         _fail(handler, f"use a layer with at least 2 output channels (got {n_out})")
-    out_dim = hv._infer_dim(handler, layer, reference, n_out, "out", "layer")
-    in_dim = hv._infer_dim(handler, layer, example_input, n_in, "in", "layer")
+    out_dim = hv.infer_channel_dim(handler, layer, reference, n_out, "out", "layer")
+    in_dim = hv.infer_channel_dim(handler, layer, example_input, n_in, "in", "layer")
 
     pruned = copy.deepcopy(layer)
     returned = handler.prune_out_channels(pruned, [0])
