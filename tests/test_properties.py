@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import pruning_core as tp
 from pruning_core.testing import architectures
-from tests.helpers import first_tensor, oracle_check, run
+from pruning_core.testing.oracle import first_tensor, oracle_check, run
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
