@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, NoReturn, Optional, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ class HandlerContractError(PruningError):
     """A layer handler does not behave as the contract says."""
 
 
-def _fail(handler: Any, message: str) -> None:
+def _fail(handler: Any, message: str) -> NoReturn:
     raise HandlerContractError(f"{hv.handler_name(handler)}: {message}")
 
 
@@ -54,8 +54,8 @@ def _forward(handler: Any, layer: nn.Module, x: torch.Tensor, after: str) -> tor
         with torch.no_grad():
             return _first(layer(x))
     except Exception as exc:  # any failure of the pruned layer is the handler's
-        _fail(handler, f"the layer's forward fails after {after}: {type(exc).__name__}: {exc}")
-        raise  # unreachable: _fail raises
+        raise HandlerContractError(f"{hv.handler_name(handler)}: the layer's forward fails after {after}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
 
 
 def _owned(layer: nn.Module, tensor: torch.Tensor) -> bool:
@@ -145,8 +145,8 @@ def check_handler(handler: Any, layer: nn.Module, example_input: torch.Tensor,
             zeroed = example_input.clone()
             zeroed.index_fill_(in_link.dim, _positions(torch.tensor(idxs), n_in, in_link.repeat), 0)
             with torch.no_grad():
-                expected = _first(layer(zeroed))
-            if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
+                on_zeroed = _first(layer(zeroed))
+            if not torch.allclose(out, on_zeroed, rtol=1e-4, atol=1e-5):
                 _fail(handler, "removing input channels does not match zeroing them in the input")
         _check_channel_params(handler, pruned, "in", n_in - len(idxs), " after prune_in_channels")
         ran.append("prune_in_channels")

@@ -18,10 +18,11 @@ This module imports hypothesis, which is a test dependency only; importing
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 from hypothesis import strategies as st
 
+from ..errors import ConfigurationError
 from .architectures import SAFE, UNSAFE, Spec, _divisors
 
 # Plain convolution first: it is where a shrinking example's blocks end up.
@@ -114,11 +115,10 @@ def specs(allow_unsafe: bool = False, max_blocks: int = 5) -> st.SearchStrategy:
     :returns: a strategy for lists of block dicts, built with ``architectures.build``.
     """
     if max_blocks < 1:
-        raise ValueError(f"specs(max_blocks={max_blocks}): need at least one block (the tail)")
+        raise ConfigurationError(f"specs(max_blocks={max_blocks}): give at least 1 (the tail block)")
     kinds = ALL_KINDS if allow_unsafe else SAFE_KINDS
-    build: Callable[..., Spec] = _assemble
     return st.builds(
-        build,
+        _assemble,
         stem=st.sampled_from([8, 12, 16]),
         body=st.lists(_raw_blocks(kinds), max_size=max_blocks - 1),
         tail=_raw_blocks(TAIL_KINDS),
