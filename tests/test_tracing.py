@@ -14,7 +14,7 @@ from torch import nn
 
 import pruning_core as tp
 from pruning_core import _plugins
-from tests.helpers import oracle_check, run
+from pruning_core.testing.oracle import oracle_check, run
 
 
 class Small(nn.Module):
