@@ -175,6 +175,7 @@ class Group:
                              "(handle groups one at a time, do not keep them in a list)")
         selections = self.selections if idxs is None else self._graph._selections_for(self.root_slot, idxs)
         self._graph._prune_selections(selections, self.root_slot)
+        self._graph._hub.after_step(model=self._graph.model, graph=self._graph)
 
     def soft_prune(self, idxs: Optional[Sequence[int]] = None) -> None:
         """Zero the parameters of the group's channels instead of removing them.

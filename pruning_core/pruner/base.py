@@ -228,6 +228,7 @@ class BasePruner:
             state = self.DG.save_state()
             try:
                 self._prune_plan(plan)
+                _plugins.get_hub().after_step(model=self.model, graph=self.DG)
             except Exception:
                 self.DG.restore_state(state)
                 raise
@@ -280,6 +281,7 @@ class BasePruner:
         for planned, idxs in plan:
             if idxs:
                 yield group_for(self.DG, planned, idxs)
+        _plugins.get_hub().after_step(model=self.model, graph=self.DG)
         if self.options.validate:
             failure = self.DG.verify()
             if failure is not None:
