@@ -249,6 +249,7 @@ class ModelSource:
     :param keep: modules whose output channels must stay (classifier, LM head).
     :param forward_fn: how to call the model, when ``model(inputs)`` is not enough.
     :param make_batch: ``make_batch(i)`` returns calibration batch ``i`` (defaults to random inputs).
+    :param description: one line shown by the command line (``"timm convnext_tiny (random weights)"``).
     """
 
     model: Any
