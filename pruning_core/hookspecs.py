@@ -162,10 +162,11 @@ def fixup_after_prune(model: Any, modules: Any, graph: Any) -> None:
 def after_step(model: Any, graph: Any) -> None:
     """Notification: a pruning step is complete; bring model-wide state in step with the pruned modules.
 
-    Called once after all groups of a step are removed (by a pruner's ``step()``,
-    at the end of an interactive step, or after ``group.prune()``), inside the
-    same transaction and before the pruned model is verified: if it raises, the
-    step is undone. Not called on trial copies.
+    Called when the groups of a step have been removed: once when a pruner's
+    ``step()`` (or interactive step) is complete, inside its transaction and
+    before the pruned model is verified (if it raises, the step is undone), and
+    after each ``group.prune()``, a step of its own. Recompute from the modules,
+    so that more calls than steps change nothing. Not called on trial copies.
 
     :param model: the root module that was pruned.
     :param graph: the :class:`pruning_core.DependencyGraph` it was pruned through.

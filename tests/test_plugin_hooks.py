@@ -112,6 +112,15 @@ def test_after_step_sees_the_whole_step_on_the_real_model(hub):
     group = pruner.DG.get_pruning_group(model[0], tp.prune_linear_out_channels, idxs=[0])
     group.prune()
     assert [width for _, _, width in seen] == [3]  # a group pruned by hand is a step of its own
+    seen.clear()
+    model = mlp()
+    pruner = tp.pruner.MagnitudePruner(model, torch.randn(2, 4), tp.importance.MagnitudeImportance(),
+                                       pruning_ratio=0.5)
+    groups = 0
+    for group in pruner.step(interactive=True):
+        group.prune()
+        groups += 1
+    assert groups and len(seen) == groups + 1 and seen[-1][2] == 4  # and once more when the step is complete
 
 
 class Meta:
