@@ -214,10 +214,19 @@ class DependencyGraph:
         return getattr(fn, "__name__", "").endswith("in_channels")
 
     # -- pruning, undo and history -----------------------------------------------------------
-    def transaction(self) -> "contextlib.AbstractContextManager[Transaction]":
+    def transaction(self, step: bool = False) -> "contextlib.AbstractContextManager[Transaction]":
         """``with DG.transaction():`` every change inside (modules, channel bookkeeping, history, objects
-        fix-ups track) is undone if the block raises, or by calling ``rollback()`` on the transaction."""
-        return self.transactions.open(self.traced.lookup.values(), self.traced.recorder.space.atoms, self.history)
+        fix-ups track) is undone if the block raises, or by calling ``rollback()`` on the transaction.
+
+        With ``step=True`` the block is one pruning step: groups pruned inside do not notify plugins
+        one by one; call :meth:`end_step` once they are all removed.
+        """
+        return self.transactions.open(self.traced.lookup.values(), self.traced.recorder.space.atoms, self.history,
+                                      step=step)
+
+    def end_step(self) -> None:
+        """Notify plugins (``after_step``) that the current step's channels are all removed."""
+        self.remover.end_step()
 
     def remember(self, obj: Any) -> None:
         """For fix-ups: remember ``obj``'s attributes before editing them, so an undone step restores them."""

@@ -68,8 +68,10 @@ class ChannelRemover:
                                              for child in slot.target.owner.modules()]
         deep = snapshot_deep([(slot.handler, slot.target.owner) for slot in members if not slot.is_param])
         shared = [module for group in traced.shared_params for module, _ in group]
+        standalone = not self.transactions.in_step  # a group pruned on its own is a step of its own
         try:
-            with self.transactions.open(touched + shared, [atom for atom, _ in selections], self.history, deep):
+            with self.transactions.open(touched + shared, [atom for atom, _ in selections], self.history, deep,
+                                        step=standalone):
                 for module in touched:
                     ensure_record(module)  # remember the original state before anything changes
                 attrs_before = [(module, plain_attrs(module)) for module in {id(m): m for m in touched}.values()]
@@ -84,12 +86,22 @@ class ChannelRemover:
                 root = root if root is not None and root.serial in positions else members[0]
                 self.history.append({"module": root.target.name, "attr": root.target.attr, "kind": root.kind,
                                      "dim": root.dim, "idxs": positions[root.serial].tolist()})
+                if standalone:
+                    self.end_step()
         except PruneFailedError:
             raise
         except Exception as exc:
             what = "tied parameters could not be kept tied" if isinstance(exc, GraphError) else \
                 f"pruning failed ({type(exc).__name__})"
             raise PruneFailedError(f"{what}: {exc}. The model was restored.") from exc
+
+    def end_step(self) -> None:
+        """Tell plugins a step is complete (``after_step``), inside the step's transaction."""
+        try:
+            self.traced.resolver.hub.after_step(model=self.traced.model, graph=self.graph)
+        except Exception as exc:
+            raise PruneFailedError(f"an after_step hook failed: {type(exc).__name__}: {exc}. "
+                                   "The step was undone.") from exc
 
     def _retie_shared_parameters(self) -> None:
         for group in self.traced.shared_params:

@@ -76,12 +76,14 @@ class Transaction:
     :param history: the pruning history list; entries appended inside are dropped on rollback.
     :param deep: modules whose handlers may edit tensors in place (their data is copied).
     :param parent: the enclosing transaction, which learns of everything tracked here.
+    :param step: this transaction is a whole pruning step (see ``DependencyGraph.step``).
     """
 
     def __init__(self, modules: Iterable[nn.Module] = (), atoms: Iterable[Any] = (),
                  history: Optional[List[Any]] = None, deep: Iterable[nn.Module] = (),
-                 parent: Optional["Transaction"] = None) -> None:
+                 parent: Optional["Transaction"] = None, step: bool = False) -> None:
         self.parent = parent
+        self.step = step  # a whole pruning step: plugins hear about it once, at its end
         self._modules = ModuleSnapshot()
         self._atoms: Dict[int, Tuple[Any, Any]] = {}
         self._objects: Dict[int, Tuple[Any, Dict[str, Any]]] = {}
@@ -149,9 +151,14 @@ class TransactionStack:
     def current(self) -> Optional[Transaction]:
         return self._open[-1] if self._open else None
 
+    @property
+    def in_step(self) -> bool:
+        """Whether a step transaction is open (its owner notifies plugins at its end)."""
+        return any(transaction.step for transaction in self._open)
+
     def open(self, modules: Iterable[nn.Module] = (), atoms: Iterable[Any] = (),
-             history: Optional[List[Any]] = None, deep: Iterable[nn.Module] = ()) -> "_Scope":
-        transaction = Transaction(modules, atoms, history, deep, parent=self.current)
+             history: Optional[List[Any]] = None, deep: Iterable[nn.Module] = (), step: bool = False) -> "_Scope":
+        transaction = Transaction(modules, atoms, history, deep, parent=self.current, step=step)
         return _Scope(self, transaction)
 
     def track(self, obj: Any) -> None:

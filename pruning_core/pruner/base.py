@@ -184,8 +184,9 @@ class BasePruner:
         while True:
             plan = [(g, idxs) for g, idxs in plan_step(self._groups, self.current_step, self.options,
                                                          self._score_planned) if idxs]
-            with self.DG.transaction() as transaction:
+            with self.DG.transaction(step=True) as transaction:
                 self._prune_plan(plan)
+                self.DG.end_step()
                 failure = self.DG.verify() if self.options.validate and plan else None
                 if failure is not None:
                     transaction.rollback()
@@ -206,9 +207,10 @@ class BasePruner:
 
     def _failure_of(self, plan: Sequence) -> Optional[str]:
         """Why the model fails after pruning ``plan`` (undone afterwards), or None if it runs."""
-        with self.DG.transaction() as transaction:
+        with self.DG.transaction(step=True) as transaction:
             try:
                 self._prune_plan(plan)
+                self.DG.end_step()
                 return self.DG.verify()
             except PruningError as exc:
                 return str(exc)
@@ -217,13 +219,14 @@ class BasePruner:
 
     def _interactive(self, plan: Sequence) -> Iterator[Group]:
         """Yield the step's groups; the whole step is undone if the model fails afterwards."""
-        scope = self.DG.transaction()
+        scope = self.DG.transaction(step=True)
         transaction = scope.__enter__()
         error: Optional[BaseException] = None
         try:
             for planned, idxs in plan:
                 if idxs:
                     yield group_for(self.DG, planned, idxs)
+            self.DG.end_step()
             failure = self.DG.verify() if self.options.validate else None
             if failure is not None:
                 transaction.rollback()

@@ -155,6 +155,34 @@ def test_global_pruning_is_saved_with_per_layer_shapes(tmp_path):
     torch.testing.assert_close(logits(loaded, inputs), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_config_state_round_trips_and_files_saved_by_0_1_still_load(tmp_path):
+    """The config travels with tp.save_pruned through the plugin's StateCodec, under the key "hf" that
+    0.1's collect_model_state hook used (it stored each plugin's state under the plugin's name)."""
+    from pruning_core.serialization import encode
+
+    from pruning_core_hf.config import saved_state
+
+    model, inputs, _ = build("llama")
+    model.eval()
+    tp.pruner.BasePruner(model, inputs, pruning_ratio=0.5, global_pruning=True).step()
+    assert model.config.pruning_core["uniform"] is False
+    expected = logits(model, inputs)
+    tp.save_pruned(model, str(tmp_path / "saved"))
+    assert json.loads((tmp_path / "saved" / "pruning.json").read_text())["extra"] == {"hf": encode(saved_state(model))}
+    fresh, _, _ = build("llama")
+    tp.load_pruned(fresh.eval(), str(tmp_path / "saved"))
+    assert fresh.config.pruning_core == model.config.pruning_core
+    torch.testing.assert_close(logits(fresh, inputs), expected)
+    # A payload written the way 0.1 wrote it: extra = {plugin name: that plugin's collect_model_state(model)}.
+    legacy = tp.state_dict(model)
+    legacy["extra"] = {"hf": encode(saved_state(model))}
+    legacy.pop("record_sha256")
+    older, _, _ = build("llama")
+    tp.load_state_dict(older.eval(), legacy)
+    assert older.config.pruning_core == model.config.pruning_core
+    torch.testing.assert_close(logits(older, inputs), expected)
+
+
 @pytest.mark.parametrize("family", ["llama", "bert"])
 def test_depth_pruning_removes_the_least_influential_layers(family, tmp_path):
     torch.manual_seed(0)
