@@ -218,3 +218,21 @@ class ModelSource:
     forward_fn: Optional[Callable[..., Any]] = None
     make_batch: Optional[Callable[[int], Any]] = None
     description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockStack(StructureHint):
+    """A structure hint: ``module``'s children are a stack of repeated blocks, run one after another.
+
+    Returned from ``collect_structure_hints`` like any hint (for example the
+    ``layers`` list of a transformers decoder, or a timm model's ``blocks``).
+    Sequential calibration then prunes the model block by block, calibrating each
+    block on the outputs of the already pruned blocks before it.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        children = getattr(self.module, "children", None)
+        if not callable(children) or len(list(children())) < 2:
+            raise PluginError("BlockStack.module must be a module with at least two children (the blocks), "
+                              f"got {type(self.module).__name__}")

@@ -15,6 +15,7 @@ from ..graph.depgraph import DependencyGraph
 from ..graph.grouping import expand_ignored
 from ..graph.dims import current_size
 from ..graph.group import Group
+from ..calibration.runner import Calibrator
 from .options import PruningOptions
 from .planning import PlannedGroup, PruningWarning, group_for, plan_step, resolve_ratio
 
@@ -67,6 +68,7 @@ class BasePruner:
         self._apply_structure()
         self.current_step = 0
         self._groups = self._plan_groups()
+        self._calibrator = Calibrator(self)  # calibration statistics and compensation (pruning_core/calibration)
 
     # -- seed-compatible attributes -------------------------------------------------
     @property
@@ -197,10 +199,12 @@ class BasePruner:
             return iter(()) if interactive else None
         self.current_step += 1
         try:
+            self._calibrator.before_step(interactive)  # fresh calibration statistics for this step
             if interactive:
                 return self._interactive(plan_step(self._groups, self.current_step, self.options,
                                                    self._score_planned))
             self._run_step()
+            self._calibrator.after_step()  # statistics are stale once the step is done: free them
         except BaseException:
             self.current_step -= 1  # the step did not happen
             raise
@@ -212,7 +216,9 @@ class BasePruner:
     def _prune_plan(self, plan: Sequence) -> None:
         for planned, idxs in plan:
             if idxs:
-                group_for(self.DG, planned, idxs).prune()
+                group = group_for(self.DG, planned, idxs)
+                self._calibrator.compensate(group)  # refit the consumers before their inputs go
+                group.prune()
 
     @without_gc
     def _run_step(self) -> None:
@@ -223,11 +229,15 @@ class BasePruner:
         and frozen with the reason, and the step is planned again without them.
         """
         while True:
-            plan = [(g, idxs) for g, idxs in plan_step(self._groups, self.current_step, self.options,
-                                                         self._score_planned) if idxs]
+            walk = self._calibrator.sequential_walk()  # sequential calibration plans and prunes block by block
+            plan = [] if walk else [(g, idxs) for g, idxs in plan_step(self._groups, self.current_step,
+                                                                         self.options, self._score_planned) if idxs]
             state = self.DG.save_state()
             try:
-                self._prune_plan(plan)
+                if walk:
+                    plan = walk()
+                else:
+                    self._prune_plan(plan)
             except Exception:
                 self.DG.restore_state(state)
                 raise
@@ -279,7 +289,8 @@ class BasePruner:
         state = self.DG.save_state()
         for planned, idxs in plan:
             if idxs:
-                yield group_for(self.DG, planned, idxs)
+                yield self._calibrator.interactive_group(group_for(self.DG, planned, idxs))
+        self._calibrator.after_step()
         if self.options.validate:
             failure = self.DG.verify()
             if failure is not None:

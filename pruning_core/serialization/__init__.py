@@ -183,6 +183,9 @@ def rebuild_structure(model: nn.Module, structure: Dict[str, Any]) -> None:
         for tname, shape in entry["shapes"].items():
             store = module._parameters if tname in module._parameters else module._buffers
             current = store.get(tname)
+            if current is None and store.get("weight") is not None and tname in store:
+                current = store["weight"].new_empty(0)  # a bias compensation created (the layer had none)
+                current = nn.Parameter(current, requires_grad=store["weight"].requires_grad)
             if current is None:
                 raise SerializationError(f"the record resizes {name}.{tname}, which this model does not have")
             if id(current) not in replaced:

@@ -25,7 +25,9 @@ def collect_structure_hints(model: Any) -> List[StructureHint]:
         return []
     from .attention import structure_hints
 
-    hints = structure_hints(model)
+    from .depth import block_stack_hints
+
+    hints = structure_hints(model) + block_stack_hints(model)  # heads; the layer stack (sequential calibration)
     head = getattr(model, "get_output_embeddings", lambda: None)()
     if head is not None:
         hints.append(StructureHint(module=head, keep=True))
