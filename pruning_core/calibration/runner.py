@@ -76,7 +76,6 @@ class Calibrator:
         """The layers whose input channels these groups remove (or, for groups nothing consumes through its
         input, the layers producing them), with their linear forms where compensation or obs needs them."""
         found: Dict[Any, Request] = {}
-        names = self.pruner.DG._module_names
         for planned in planned_groups:
             consumers, producers = [], []
             for item in self.pruner.full_group(planned):
@@ -87,7 +86,7 @@ class Calibrator:
                 owner = slot.target.owner
                 if (id(owner), "in") in found:
                     continue
-                qualname = names.get(id(owner), slot.describe())
+                qualname = self.pruner.DG.name_of(owner) or slot.describe()
                 form = None
                 if self.criterion is not None and self.criterion.needs_gram:  # obs cannot score without it
                     form = linear_form(slot.handler, owner, qualname, f"importance {self.criterion.name!r}")
@@ -234,7 +233,7 @@ class Calibrator:
         """``group`` whose ``prune()`` compensates first (when compensation is on)."""
         if self.method is None:
             return group
-        return CompensatedGroup(self.pruner.DG, group, self)
+        return CompensatedGroup(group, self)
 
     # -- sequential set-up -------------------------------------------------------------------------
     def _choose_blocks(self, sequential: Optional[bool]) -> List[nn.Module]:
@@ -256,8 +255,8 @@ class Calibrator:
 class CompensatedGroup(Group):
     """A group handed out by an interactive step: ``prune()`` refits its consumers first."""
 
-    def __init__(self, graph: Any, group: Group, calibrator: Calibrator) -> None:
-        super().__init__(graph, group.selections, group.root_slot)
+    def __init__(self, group: Group, calibrator: Calibrator) -> None:
+        super().__init__(group.index, group.remover, group.selections, group.root_slot)
         self._calibrator = calibrator
 
     def prune(self, idxs: Optional[Any] = None) -> None:
