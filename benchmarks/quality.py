@@ -112,7 +112,7 @@ def render_document(sections: List[Dict[str, Any]], command: str, total_s: float
              f"Command: {command}, {time.strftime('%Y-%m-%d')}, {total_s / 60:.1f} min in all "
              f"({times}). "
              f"Python {platform.python_version()}, torch {torch.__version__}, transformers {_version('transformers')}, "
-             f"torch-pruning {_version('torch-pruning')}, {torch.get_num_threads()} threads, pruning_core at "
+             f"torch-pruning {_version('torch-pruning')}, torch threads: {torch.get_num_threads()}, pruning_core at "
              f"{_commit()}.", "",
              "Every row prunes a fresh copy of the same dense model with the same calibration batches and is "
              "measured on held-out data that calibration never saw. Torch-Pruning's rows run in a worker process "
@@ -120,6 +120,8 @@ def render_document(sections: List[Dict[str, Any]], command: str, total_s: float
              f"{args.row_timeout:.0f} s). `random` is the mean ± standard deviation over {args.random_seeds} seeds; "
              "the other criteria are deterministic given the calibration set, so they ran once (one calibration "
              "draw, seed 0). No fine-tuning unless a column says so.", ""]
+    if args.quick:
+        lines[1:1] = ["", "**Smoke run with --quick: tiny data and models, the numbers mean nothing.**"]
     for section in sections:
         table = report.aggregate(section["results"])
         lines += [f"## {section['title']}", ""]

@@ -64,9 +64,14 @@ class Section:
     def fixup(self, library: str, model: nn.Module, pruner: Any) -> None:
         """Attribute fixes after ``step()`` (none by default)."""
 
-    def per_sample_losses(self, model: nn.Module, index: int) -> torch.Tensor:
-        """The loss of each sample of calibration batch ``index`` (for taylor and hessian)."""
+    def per_sample_losses(self, model: nn.Module, index: int, sample: int | None = None) -> torch.Tensor:
+        """The loss of each sample of calibration batch ``index``, or of that one ``sample`` only."""
         raise NotImplementedError
+
+    def calibration_batch(self, index: int, sample: int | None = None) -> Any:
+        """Calibration batch ``index``, or a batch of its one ``sample``."""
+        batch = self.calibration[index]
+        return batch if sample is None else slice_batch(batch, sample)
 
     # -- measurement ------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> Dict[str, float]:
@@ -75,6 +80,23 @@ class Section:
     def notes(self) -> List[str]:
         """Lines for the report explaining set-up and fix-ups."""
         return []
+
+
+def slice_batch(batch: Any, sample: int) -> Any:
+    """A batch of one: the ``sample``-th row of every tensor in the batch."""
+    if isinstance(batch, dict):
+        return {key: value[sample:sample + 1] for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(value[sample:sample + 1] for value in batch)
+    return batch[sample:sample + 1]
+
+
+def batch_size(batch: Any) -> int:
+    if isinstance(batch, dict):
+        return len(next(iter(batch.values())))
+    if isinstance(batch, (tuple, list)):
+        return len(batch[0])
+    return len(batch)
 
 
 def batches_of(items: List[Any], size: int) -> Iterable[List[Any]]:

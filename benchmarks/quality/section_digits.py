@@ -103,9 +103,10 @@ class DigitsSection(Section):
             kwargs["ignored_layers"] = [model.fc2]  # pruning_core keeps model outputs by itself
         return kwargs
 
-    def per_sample_losses(self, model: nn.Module, index: int) -> torch.Tensor:
-        logits = model(self.calibration[index])
-        return F.cross_entropy(logits, self.bundle["calibration_labels"][index], reduction="none")
+    def per_sample_losses(self, model: nn.Module, index: int, sample: int | None = None) -> torch.Tensor:
+        labels = self.bundle["calibration_labels"][index]
+        labels = labels if sample is None else labels[sample:sample + 1]
+        return F.cross_entropy(model(self.calibration_batch(index, sample)), labels, reduction="none")
 
     def evaluate(self, model: nn.Module) -> Dict[str, float]:
         split = self.bundle["split"]

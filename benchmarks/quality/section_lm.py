@@ -73,8 +73,8 @@ class LMSection(Section):
         return {"pruning_ratio": ratio, "num_heads": heads, "prune_num_heads": True, "prune_head_dims": False,
                 "head_pruning_ratio": ratio, "ignored_layers": ignored}
 
-    def per_sample_losses(self, model: nn.Module, index: int) -> torch.Tensor:
-        batch = self.calibration[index]
+    def per_sample_losses(self, model: nn.Module, index: int, sample: int | None = None) -> torch.Tensor:
+        batch = self.calibration_batch(index, sample)
         logits = model(batch)[:, :-1]
         losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
         return losses.view(len(batch), -1).mean(1)
@@ -105,7 +105,7 @@ class LMSection(Section):
             f"{info['train_files']} training files ({info['train_bytes'] / 1e6:.1f} MB), {info['heldout_files']} "
             f"held-out files ({info['heldout_bytes'] / 1e6:.1f} MB). Training: {training['steps']} AdamW steps of "
             f"{training['batch_size']} x {training['length']} bytes, {info['train_s']:.0f} s on "
-            f"{info['threads']} threads ({how}, `{info['cache_file']}`).",
+            f"{info['threads']} torch thread(s) ({how}, `{info['cache_file']}`).",
             f"Calibration: {info['n_calibration']} windows of {info['calibration_length']} bytes from training files "
             f"(in {len(self.calibration)} batches). Perplexity: per byte, on {info['n_eval']} evenly spaced "
             f"windows of {info['eval_length']} bytes from the held-out files; dense "

@@ -92,8 +92,8 @@ class MiniLMSection(Section):
             attention.num_attention_heads = attention.query.out_features // attention.attention_head_size
             attention.all_head_size = attention.query.out_features
 
-    def per_sample_losses(self, model: nn.Module, index: int) -> torch.Tensor:
-        batch = self.calibration[index]
+    def per_sample_losses(self, model: nn.Module, index: int, sample: int | None = None) -> torch.Tensor:
+        batch = self.calibration_batch(index, sample)
         # No labels for an embedding model: the same proxy for both libraries, the mean
         # squared final hidden state over each sentence's real tokens.
         hidden = model(**batch).last_hidden_state
