@@ -113,13 +113,21 @@ def render_document(sections: List[Dict[str, Any]], command: str, total_s: float
              f"({times}). "
              f"Python {platform.python_version()}, torch {torch.__version__}, transformers {_version('transformers')}, "
              f"torch-pruning {_version('torch-pruning')}, torch threads: {torch.get_num_threads()}, pruning_core at "
-             f"{_commit()}.", "",
+             f"{_commit()}. Machine: {os.cpu_count()} CPUs, load average {args.load_start:.1f} at the start and "
+             f"{os.getloadavg()[0]:.1f} at the end (times are wall-clock on a shared machine).", "",
              "Every row prunes a fresh copy of the same dense model with the same calibration batches and is "
              "measured on held-out data that calibration never saw. Torch-Pruning's rows run in a worker process "
              "that loads the very same bundle of weights and data (per-row timeout "
              f"{args.row_timeout:.0f} s). `random` is the mean ± standard deviation over {args.random_seeds} seeds; "
              "the other criteria are deterministic given the calibration set, so they ran once (one calibration "
-             "draw, seed 0). No fine-tuning unless a column says so.", ""]
+             "draw, seed 0). No fine-tuning unless a column says so.", "",
+             "How the statistics are gathered, the same for both libraries: `taylor` backpropagates the section's "
+             "loss summed over the calibration batches; `hessian` runs one forward and backward per calibration "
+             "sample and calls the criterion's `accumulate_grad` after each (Torch-Pruning 1.6.1's "
+             "`accumulate_grad` checks `name not in self._accu_grad` but stores by parameter, so it keeps only the "
+             "last sample's squared gradients; it is called as its docstring shows); `activation` records the "
+             "calibration batches (Torch-Pruning's hook keeps only the last forward, so it gets all calibration "
+             "samples as one batch).", ""]
     if args.quick:
         lines[1:1] = ["", "**Smoke run with --quick: tiny data and models, the numbers mean nothing.**"]
     for section in sections:
@@ -149,7 +157,7 @@ def main() -> None:
         name, path = args.worker
         runner.worker_main(SECTIONS[name].cls(torch.load(path, weights_only=True)))
         return
-    start = time.time()
+    start, args.load_start = time.time(), os.getloadavg()[0]
     sections = [run_section(name, args) for name in args.sections]
     command = "`" + " ".join(["python benchmarks/quality.py"] + sys.argv[1:]) + "`"
     if sys.argv[1:] == ["--output", "benchmarks/results/quality.md"]:

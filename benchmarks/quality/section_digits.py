@@ -130,7 +130,9 @@ class DigitsSection(Section):
             "MACs: `torch.utils.flop_counter` FLOPs / 2 on a 1x1x8x8 input, the same counter for both libraries. "
             f"Each library's `pruning_ratio` was found by bisection ({SEARCH_STEPS} steps, l2 criterion) to land "
             "closest to the target; local pruning makes the MACs independent of the criterion, and a criterion "
-            "that lands elsewhere at that ratio gets its own bisection (the `pruning_ratio` column). Torch-Pruning "
+            "that lands elsewhere at that ratio gets its own bisection (the `pruning_ratio` column; Torch-Pruning's "
+            "activation criterion does, because it scores conv3's 128 channels with fc1's 512 flattened inputs). "
+            "Torch-Pruning "
             "is given "
             "`ignored_layers=[fc2]` (the classifier); pruning_core keeps model outputs by itself.",
         ]
