@@ -11,7 +11,7 @@ PLUGINS := plugins/hf_transformers plugins/timm plugins/yolo
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test bench sweep fuzz clean
+.PHONY: setup demo test bench sweep fuzz quality clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,12 @@ sweep: setup
 fuzz: setup
 	$(PIP) install -q -e ".[bench]"
 	$(PY) benchmarks/fuzz.py --examples 2000 --output benchmarks/results/fuzz.md
+
+# Pruned-model quality against torch-pruning 1.6.1 on real weights and data (issue 13). The small LM
+# it trains is cached in build/quality-cache/, so only the first run pays for training.
+quality: setup
+	$(PIP) install -q -e ".[bench]"
+	$(PY) benchmarks/quality.py --output benchmarks/results/quality.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info plugins/*/build plugins/*/src/*.egg-info .pytest_cache .hypothesis
