@@ -23,7 +23,7 @@ from .layer_handler import BasePruningFunc, CoupledPruningFunc
 from .records import (ImportanceSpec, LayerHandlerSpec, ModelScheme, ModelSource, OpRuleSpec, PrunerSpec,
                       StructureHint)
 
-_LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "plugins", "testing")
+_LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "plugins", "testing", "function")
 
 
 def __getattr__(name: str) -> Any:
