@@ -23,4 +23,5 @@ def register_importance_criteria():
         ImportanceSpec("lamp", imp.LAMPImportance, "layer-adaptive magnitude (LAMP) scores"),
         ImportanceSpec("fpgm", imp.FPGMImportance, "distance to the geometric median of filters"),
         ImportanceSpec("activation", imp.ActivationImportance, "mean |activation| over calibration batches"),
+        ImportanceSpec("obdc", imp.OBDCImportance, "w^2 * per-sample Fisher diagonal (Torch-Pruning's OBDC)"),
     ]

@@ -13,6 +13,7 @@ from .base import GroupView, Importance, lamp_transform, normalize, reduce_score
 from .gradient import GroupHessianImportance, GroupTaylorImportance
 from .magnitude import (BNScaleImportance, FPGMImportance, GroupMagnitudeImportance, LAMPImportance,
                         MagnitudeImportance)
+from .parity import OBDCImportance
 from .random import RandomImportance
 
 TaylorImportance = GroupTaylorImportance
@@ -36,6 +37,7 @@ def create(name: str, **kwargs: Any) -> Any:
 __all__ = [
     "Importance", "GroupView", "GroupMagnitudeImportance", "MagnitudeImportance", "GroupTaylorImportance",
     "TaylorImportance", "GroupHessianImportance", "HessianImportance", "RandomImportance", "BNScaleImportance",
-    "LAMPImportance", "FPGMImportance", "ActivationImportance", "normalize", "reduce_scores", "lamp_transform",
+    "LAMPImportance", "FPGMImportance", "ActivationImportance", "OBDCImportance", "normalize", "reduce_scores",
+    "lamp_transform",
     "names", "create",
 ]
