@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .progress import progress
+from .progress import Phase
 
 ForwardFn = Optional[Callable[[nn.Module, Any], Any]]
 
@@ -117,7 +117,7 @@ def _timed(model: nn.Module, inputs: Any, forward_fn: ForwardFn, calls: int) -> 
 @torch.no_grad()
 def compare_latency(original: nn.Module, pruned: nn.Module, inputs: Any, forward_fn: ForwardFn = None,
                     budget_s: float = 10.0, max_rounds: int = 15, round_s: float = 0.05,
-                    pruned_inputs: Any = None, label: str = "latency") -> LatencyComparison:
+                    pruned_inputs: Any = None, label: str = "latency", lines: bool = False) -> LatencyComparison:
     """Time ``original`` and ``pruned`` in interleaved rounds, within about ``budget_s`` seconds.
 
     Each model is warmed up (two calls), then rounds alternate which model goes first. A
@@ -126,37 +126,45 @@ def compare_latency(original: nn.Module, pruned: nn.Module, inputs: Any, forward
     than three the verdict is "inconclusive".
 
     :param pruned_inputs: inputs for the pruned model, when they must differ (default: ``inputs``).
+    :param lines: without a terminal, write one line when done (the command line's progress).
     """
     start = time.perf_counter()
     second = inputs if pruned_inputs is None else pruned_inputs
     pairs = ((original, inputs), (pruned, second))
-    estimate = []
-    for model, data in pairs:  # first call: allocation and kernel selection; second: an estimate
-        _call(model, data, forward_fn)
-        estimate.append(_timed(model, data, forward_fn, 1)[0] / 1000)
-    spent = time.perf_counter() - start
-    per_pair = max(sum(estimate), 1e-6)
-    calls = max(1, int(round_s / per_pair))
-    rounds = int(max(0.0, budget_s - spent) / (per_pair * calls))
-    rounds = max(1, min(max_rounds, rounds))
     walls: Tuple[List[float], List[float]] = ([], [])
     cpus: Tuple[List[float], List[float]] = ([], [])
     deadline = start + budget_s
-    done = 0
-    for number in progress(range(rounds), label):
-        began = time.perf_counter()
-        order = (0, 1) if number % 2 == 0 else (1, 0)
-        for which in order:
-            model, data = pairs[which]
-            wall, cpu = _timed(model, data, forward_fn, calls)
-            walls[which].append(wall)
-            cpus[which].append(cpu)
-        done += 1
-        now = time.perf_counter()
-        if now + (now - began) > deadline:  # the next round would end past the budget
-            break
-    return LatencyComparison(Timing(walls[0], cpus[0]), Timing(walls[1], cpus[1]), done, calls,
+    with Phase(label, lines=lines) as bar:
+        estimate = []
+        for model, data in pairs:  # first call: allocation and kernel selection; second: an estimate
+            _call(model, data, forward_fn)
+            estimate.append(_timed(model, data, forward_fn, 1)[0] / 1000)
+        per_pair = max(sum(estimate), 1e-6)
+        calls = max(1, int(round_s / per_pair))
+        rounds = int(max(0.0, deadline - time.perf_counter()) / (per_pair * calls))
+        rounds = max(1, min(max_rounds, rounds))
+        bar.total = rounds
+        for number in range(rounds):
+            over_budget = _round(pairs, number, calls, walls, cpus, forward_fn, deadline)
+            bar.advance()
+            if over_budget:
+                break
+    return LatencyComparison(Timing(walls[0], cpus[0]), Timing(walls[1], cpus[1]), len(walls[0]), calls,
                              torch.get_num_threads(), time.perf_counter() - start)
+
+
+def _round(pairs: Any, number: int, calls: int, walls: Any, cpus: Any, forward_fn: ForwardFn,
+           deadline: float) -> bool:
+    """Run one round (alternating which model goes first); True when the next would overrun the budget."""
+    began = time.perf_counter()
+    order = (0, 1) if number % 2 == 0 else (1, 0)
+    for which in order:
+        model, data = pairs[which]
+        wall, cpu = _timed(model, data, forward_fn, calls)
+        walls[which].append(wall)
+        cpus[which].append(cpu)
+    now = time.perf_counter()
+    return now + (now - began) > deadline
 
 
 __all__ = ["compare_latency", "LatencyComparison", "Timing"]
