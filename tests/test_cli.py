@@ -68,9 +68,10 @@ def model_file(tmp_path):
 
 
 # -- whole runs ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_prune_torchvision_model_text_report(tmp_path):
     out = tmp_path / "r18"
-    result = cli("prune", "torchvision:resnet18", "--ratio", "0.5", "--output", str(out), "--no-latency")
+    result = cli("prune", "torchvision:resnet18", "--ratio", "0.5", "--output", str(out), "--no-latency", *SMALL)
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "params      11.69M ->     3.06M" in text
@@ -132,6 +133,7 @@ def test_calibration_file_is_split_into_batches(tmp_path, model_file, capsys):
     assert "scoring: " in stderr and "(3/3)" in stderr  # 6 samples in batches of 2
 
 
+@pytest.mark.slow
 def test_file_specs_are_saved_absolute_so_inspect_works_from_elsewhere(tmp_path, model_file, capsys):
     out = tmp_path / "saved"
     code, _, stderr = main(capsys, "prune", f"file:{os.path.relpath(model_file)}:build", "--ratio", "0.5", "-o",
@@ -176,11 +178,12 @@ def test_inspect_lists_groups_and_kept_channels_by_layer_name(capsys):
     assert "slots" not in text and "members" not in text
 
 
+@pytest.mark.slow
 def test_inspect_a_saved_pruned_model(tmp_path):
     out = tmp_path / "saved"
     assert cli("prune", "torchvision:resnet18", "--ratio", "0.25", "--output", str(out), "--no-latency",
                *SMALL).returncode == 0
-    result = cli("inspect", str(out), "--json")
+    result = cli("inspect", str(out), "--json", *SMALL)
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert {g["root"]: g["channels"] for g in info["groups"]}["conv1"] == 48
@@ -201,6 +204,7 @@ def test_plugins_all_lists_criteria_and_pruners_by_name(capsys):
     assert "pruning-core plugins --all" in " ".join(help_text.split())
 
 
+@pytest.mark.slow
 def test_progress_bars_per_phase_can_be_forced_on(tmp_path, model_file):
     result = cli("prune", f"file:{model_file}:build", "--ratio", "0.25", "--output", str(tmp_path / "o"),
                  "--iterative-steps", "2", "--latency-budget", "1", env={"PRUNING_CORE_PROGRESS": "1"})
@@ -211,6 +215,7 @@ def test_progress_bars_per_phase_can_be_forced_on(tmp_path, model_file):
     assert "[########################]" in bars  # the latency rounds, as a filled bar
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     script = os.path.join(os.path.dirname(sys.executable), "pruning-core")
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=120)
@@ -300,6 +305,7 @@ def test_input_shape_that_does_not_fit_the_model(capsys):
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_unknown_scheme_and_missing_plugin(tmp_path):
     result = cli("prune", "nosuch:model", "--ratio", "0.5", "-o", "x", cwd=str(tmp_path))
     assert result.returncode == 2 and "unknown model spec 'nosuch:model'. Known schemes:" in result.stderr

@@ -97,6 +97,7 @@ def test_safetensors_written_without_numpy_read_back_by_safetensors(dtype, tmp_p
         assert loaded[name].dtype == dtype and torch.equal(loaded[name], tensor)
 
 
+@pytest.mark.slow
 def test_a_core_install_without_numpy_can_save_and_load(tmp_path):
     code = textwrap.dedent(f"""
         import sys

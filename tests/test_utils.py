@@ -209,3 +209,12 @@ def test_draw_without_matplotlib_names_the_install_command(monkeypatch):
     with pytest.raises(ImportError, match="pip install matplotlib") as info:
         tp.utils.draw_groups(DG, None)
     assert isinstance(info.value, tp.PruningError)
+
+
+def test_compare_latency_with_no_time_for_a_round_says_so():
+    slow = nn.Sequential(*[nn.Linear(256, 256) for _ in range(4)]).eval()
+    result = tp.utils.compare_latency(slow, slow, torch.randn(64, 256), budget_s=1e-4)
+    assert result.rounds == 0 and result.verdict() == "inconclusive"
+    summary = result.as_dict()
+    assert summary["original"]["wall_ms"] is None and summary["wall_verdict"] == "inconclusive"
+    assert result.warmup_s > 0 and "warmup_s" in summary

@@ -185,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     if original is not None:
         latency = compare_latency(original, model, source.example_inputs, forward_fn=source.forward_fn,
                                   budget_s=args.latency_budget, lines=True).as_dict()
-        before["latency_ms"], after["latency_ms"] = latency["original"]["wall_ms"], latency["pruned"]["wall_ms"]
+        if latency["rounds"]:
+            before["latency_ms"], after["latency_ms"] = latency["original"]["wall_ms"], latency["pruned"]["wall_ms"]
     kept_names = sorted({name for name, module in model.named_modules() if any(module is k for k in ignored)} |
                         _output_layers(pruner))
     result = report.build(args, source, before, after, widths_before, _layer_widths(model), saved, check,

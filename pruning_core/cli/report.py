@@ -85,6 +85,9 @@ def render(result: Dict[str, Any]) -> str:
 def _latency_lines(latency: Dict[str, Any]) -> List[str]:
     """Median wall and CPU time per call, the paired ratio with its spread, and whether it says anything."""
     a, b = latency["original"], latency["pruned"]
+    if not latency["rounds"]:
+        return [f"  latency  not measured: one warm-up call of each model took {latency['warmup_s']:.1f} s, which "
+                "leaves no time for a round within --latency-budget; raise it"]
     setup = f"{latency['rounds']} interleaved rounds, {latency['threads']} thread(s), {latency['seconds']:.1f} s"
     lines = [f"  latency  {a['wall_ms']:>7.2f}ms -> {b['wall_ms']:>7.2f}ms wall, {a['cpu_ms']:.2f}ms -> "
              f"{b['cpu_ms']:.2f}ms CPU time (medians of {setup})"]

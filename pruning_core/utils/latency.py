@@ -55,7 +55,9 @@ class Timing:
     wall_ms: List[float]
     cpu_ms: List[float]
 
-    def summary(self) -> Dict[str, float]:
+    def summary(self) -> Dict[str, Any]:
+        if not self.wall_ms:
+            return {"wall_ms": None, "wall_iqr_ms": None, "cpu_ms": None, "cpu_iqr_ms": None}
         w25, wmed, w75 = _quartiles(self.wall_ms)
         c25, cmed, c75 = _quartiles(self.cpu_ms)
         return {"wall_ms": round(wmed, 3), "wall_iqr_ms": [round(w25, 3), round(w75, 3)],
@@ -72,6 +74,7 @@ class LatencyComparison:
     calls_per_round: int
     threads: int
     seconds: float
+    warmup_s: float = 0.0
 
     def ratios(self, kind: str = "wall") -> List[float]:
         a = self.original.wall_ms if kind == "wall" else self.original.cpu_ms
@@ -93,6 +96,7 @@ class LatencyComparison:
     def as_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"rounds": self.rounds, "calls_per_round": self.calls_per_round,
                                "threads": self.threads, "seconds": round(self.seconds, 2),
+                               "warmup_s": round(self.warmup_s, 2),
                                "original": self.original.summary(), "pruned": self.pruned.summary()}
         for kind in ("wall", "cpu"):
             ratios = self.ratios(kind)
@@ -116,14 +120,15 @@ def _timed(model: nn.Module, inputs: Any, forward_fn: ForwardFn, calls: int) -> 
 
 @torch.no_grad()
 def compare_latency(original: nn.Module, pruned: nn.Module, inputs: Any, forward_fn: ForwardFn = None,
-                    budget_s: float = 10.0, max_rounds: int = 15, round_s: float = 0.05,
+                    budget_s: float = 10.0, max_rounds: int = 25, round_s: float = 0.1,
                     pruned_inputs: Any = None, label: str = "latency", lines: bool = False) -> LatencyComparison:
     """Time ``original`` and ``pruned`` in interleaved rounds, within about ``budget_s`` seconds.
 
-    Each model is warmed up (two calls), then rounds alternate which model goes first. A
+    Each model is warmed up with one call, then rounds alternate which model goes first. A
     round runs enough calls to last about ``round_s`` seconds, so timer resolution does
-    not matter for fast models. Fewer rounds are run when the models are slow; with fewer
-    than three the verdict is "inconclusive".
+    not matter for fast models. A round starts only if it should end within the budget
+    (warm-up included), so slow models get fewer rounds, possibly none; with fewer than three
+    the verdict is "inconclusive".
 
     :param pruned_inputs: inputs for the pruned model, when they must differ (default: ``inputs``).
     :param lines: without a terminal, write one line when done (the command line's progress).
@@ -135,27 +140,27 @@ def compare_latency(original: nn.Module, pruned: nn.Module, inputs: Any, forward
     cpus: Tuple[List[float], List[float]] = ([], [])
     deadline = start + budget_s
     with Phase(label, lines=lines) as bar:
-        estimate = []
-        for model, data in pairs:  # first call: allocation and kernel selection; second: an estimate
+        # Warm-up: one call each (allocation, kernel selection); it also bounds a call's time from above.
+        warm = 0.0
+        for model, data in pairs:
+            began = time.perf_counter()
             _call(model, data, forward_fn)
-            estimate.append(_timed(model, data, forward_fn, 1)[0] / 1000)
-        per_pair = max(sum(estimate), 1e-6)
-        calls = max(1, int(round_s / per_pair))
-        rounds = int(max(0.0, deadline - time.perf_counter()) / (per_pair * calls))
-        rounds = max(1, min(max_rounds, rounds))
-        bar.total = rounds
-        for number in range(rounds):
-            over_budget = _round(pairs, number, calls, walls, cpus, forward_fn, deadline)
-            bar.advance()
-            if over_budget:
+            warm += time.perf_counter() - began
+        calls = max(1, int(round_s / max(warm, 1e-6)))
+        expected = warm * calls / 2  # a warm call is about twice as fast as a first one, or faster
+        bar.total = max(1, min(max_rounds, int((deadline - time.perf_counter()) / max(expected, 1e-6))))
+        for number in range(max_rounds):
+            if time.perf_counter() + expected > deadline:
                 break
+            expected = _round(pairs, number, calls, walls, cpus, forward_fn)
+            bar.advance()
+        bar.total = max(1, len(walls[0]))
     return LatencyComparison(Timing(walls[0], cpus[0]), Timing(walls[1], cpus[1]), len(walls[0]), calls,
-                             torch.get_num_threads(), time.perf_counter() - start)
+                             torch.get_num_threads(), time.perf_counter() - start, warm)
 
 
-def _round(pairs: Any, number: int, calls: int, walls: Any, cpus: Any, forward_fn: ForwardFn,
-           deadline: float) -> bool:
-    """Run one round (alternating which model goes first); True when the next would overrun the budget."""
+def _round(pairs: Any, number: int, calls: int, walls: Any, cpus: Any, forward_fn: ForwardFn) -> float:
+    """Run one round, alternating which model goes first; returns how long it took."""
     began = time.perf_counter()
     order = (0, 1) if number % 2 == 0 else (1, 0)
     for which in order:
@@ -163,8 +168,7 @@ def _round(pairs: Any, number: int, calls: int, walls: Any, cpus: Any, forward_f
         wall, cpu = _timed(model, data, forward_fn, calls)
         walls[which].append(wall)
         cpus[which].append(cpu)
-    now = time.perf_counter()
-    return now + (now - began) > deadline
+    return time.perf_counter() - began
 
 
 __all__ = ["compare_latency", "LatencyComparison", "Timing"]
