@@ -20,10 +20,10 @@ from .functional import __all__ as _functional_names
 from .graph import Dependency, DependencyGraph, Group, GroupItem
 from .hookspecs import hookimpl, hookspec
 from .layer_handler import BasePruningFunc, CoupledPruningFunc
-from .records import (ImportanceSpec, LayerHandlerSpec, ModelScheme, ModelSource, OpRuleSpec, PrunerSpec,
-                      StructureHint)
+from .records import (AttentionLayout, ImportanceSpec, LayerHandlerSpec, ModelScheme, ModelSource, OpRuleSpec,
+                      PrunerSpec, StateCodec, StructureHint)
 
-_LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "plugins", "testing", "function")
+_LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing", "function")
 
 
 def __getattr__(name: str) -> Any:
@@ -39,7 +39,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "__version__", "DependencyGraph", "Group", "GroupItem", "Dependency", "BasePruningFunc", "CoupledPruningFunc",
-    "LayerHandlerSpec", "OpRuleSpec", "ImportanceSpec", "PrunerSpec", "StructureHint", "ModelScheme", "ModelSource",
+    "LayerHandlerSpec", "OpRuleSpec", "ImportanceSpec", "PrunerSpec", "StructureHint", "AttentionLayout", "ModelScheme", "ModelSource",
+    "StateCodec",
     "hookimpl", "hookspec", "state_dict", "load_state_dict", "save_pruned", "load_pruned",
     "PruningError", "ConfigurationError", "InvalidIndicesError", "UnknownNameError", "GraphError", "TracingError",
     "UnsupportedModelError", "NoHandlerError", "EmptyLayerError", "PruneFailedError", "PluginError",

@@ -11,33 +11,42 @@ Environment switches:
   ``none`` for no external plugin (built-ins always load). Unset means all.
 * ``PRUNING_CORE_DISABLE_PLUGINS``: comma-separated entry-point names to skip.
 * ``PRUNING_CORE_STRICT_PLUGINS=1``: a plugin that fails to load raises.
-* ``PRUNING_CORE_TRACE_PLUGINS=1``: log every hook call to stderr.
+* ``PRUNING_CORE_TRACE_PLUGINS=1``: log every hook call (its arguments, the
+  plugins that implement it, what it returned) to stderr, one line each.
+
+Every hook is called through ``pm.hook.<name>(...)``, so pluggy's argument
+filtering, tracing and call monitoring see every call. Each plugin is
+registered as a proxy whose hook implementations are wrapped once: failure
+isolation and provider stamping happen there and nowhere else.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import functools
 import importlib
 import os
 import sys
 import threading
 from importlib import metadata
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pluggy
 
 from . import hookspecs
-from .errors import PluginConflictError, PluginError, UnknownNameError
+from ._hooktrace import trace_after, trace_before
+from ._registry import Registry
+from .errors import PluginConflictError, PluginError
 from .records import (
+    AttentionLayout,
     ImportanceSpec,
     LayerHandlerSpec,
     ModelScheme,
     OpRuleSpec,
     PrunerSpec,
     Provider,
+    StateCodec,
     StructureHint,
-    class_key,
 )
 
 ENTRY_POINT_GROUP = "pruning_core"
@@ -54,6 +63,7 @@ BUILTIN_PLUGINS: Tuple[str, ...] = (
     "pruning_core.builtin.handlers.embedding",
     "pruning_core.builtin.handlers.attention",
     "pruning_core.builtin.handlers.rnn",
+    "pruning_core.builtin.handlers.parameter",
     "pruning_core.builtin.ops.pointwise",
     "pruning_core.builtin.ops.shape",
     "pruning_core.builtin.ops.indexing",
@@ -64,6 +74,7 @@ BUILTIN_PLUGINS: Tuple[str, ...] = (
     "pruning_core.builtin.known_frameworks",
     "pruning_core.builtin.torchvision_fixups",
     "pruning_core.builtin.model_sources",
+    "pruning_core.builtin.attention_fixup",
     "pruning_core.builtin.importance",
     "pruning_core.builtin.pruners",
 )
@@ -100,90 +111,30 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-class NamedRegistry:
-    """Name to record, for criteria and pruners; lookups suggest close matches."""
-
-    def __init__(self, kind: str, specs: Iterable[Any]) -> None:
-        self.kind = kind
-        self._specs: Dict[str, Any] = {}
-        self._conflicts: Dict[str, List[Any]] = {}
-        for spec in specs:
-            key = spec.name.lower()
-            if key in self._conflicts:
-                self._conflicts[key].append(spec)
-            elif key in self._specs:
-                self._conflicts[key] = [self._specs.pop(key), spec]
-            else:
-                self._specs[key] = spec
-
-    def names(self) -> List[str]:
-        return sorted(self._specs)
-
-    def conflicts(self) -> Dict[str, List[Any]]:
-        return dict(self._conflicts)
-
-    def get(self, name: str) -> Any:
-        if not isinstance(name, str):
-            raise UnknownNameError(f"{self.kind} name must be a string, got {type(name).__name__}")
-        key = name.lower()
-        if key in self._conflicts:
-            providers = " and ".join(str(s.provider) for s in self._conflicts[key])
-            raise PluginConflictError(
-                f"{self.kind} {name!r} is registered by both {providers}; uninstall or disable one "
-                "(PRUNING_CORE_DISABLE_PLUGINS=name)"
-            )
-        try:
-            return self._specs[key]
-        except KeyError:
-            close = difflib.get_close_matches(key, self._specs, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(self.names())}"
-            ) from None
+# What each record-returning hook may return; a plugin returning anything else is failing.
+RECORD_TYPES: Dict[str, Tuple[type, ...]] = {
+    "register_layer_handlers": (LayerHandlerSpec,),
+    "register_op_rules": (OpRuleSpec,),
+    "register_importance_criteria": (ImportanceSpec,),
+    "register_pruners": (PrunerSpec,),
+    "register_model_schemes": (ModelScheme,),
+    "register_state_codecs": (StateCodec,),
+    "collect_structure_hints": (StructureHint, AttentionLayout),
+}
 
 
-class HandlerRegistry:
-    """Layer class (by dotted path) to handler, with conflicts kept for the error."""
+class _PluginProxy:
+    """What is registered with pluggy in a plugin's place: its hook implementations, each guarded.
 
-    def __init__(self, specs: Iterable[LayerHandlerSpec]) -> None:
-        self._specs: Dict[str, LayerHandlerSpec] = {}
-        self._conflicts: Dict[str, List[LayerHandlerSpec]] = {}
-        for spec in specs:
-            key = spec.key
-            if key in self._conflicts:
-                self._conflicts[key].append(spec)
-            elif key in self._specs:
-                self._conflicts[key] = [self._specs.pop(key), spec]
-            else:
-                self._specs[key] = spec
-        self._cache: Dict[type, Optional[LayerHandlerSpec]] = {}
+    Compared by identity (pluggy refuses a plugin equal to one already registered).
+    """
 
-    def keys(self) -> List[str]:
-        return sorted(self._specs)
+    def __init__(self, name: str, plugin: Any) -> None:
+        self.__dict__["_pruning_core_plugin"] = plugin
+        self.__dict__["_pruning_core_name"] = name
 
-    def conflicts(self) -> Dict[str, List[LayerHandlerSpec]]:
-        return dict(self._conflicts)
-
-    def lookup(self, cls: type) -> Optional[LayerHandlerSpec]:
-        """The spec for ``cls`` or its nearest registered base class, or ``None``."""
-        if cls in self._cache:
-            return self._cache[cls]
-        found: Optional[LayerHandlerSpec] = None
-        for base in cls.__mro__:
-            key = class_key(base)
-            if key in self._conflicts:
-                providers = " and ".join(str(s.provider) for s in self._conflicts[key])
-                raise PluginConflictError(
-                    f"layer class {key} has handlers from both {providers}; uninstall or disable one "
-                    f"(PRUNING_CORE_DISABLE_PLUGINS=name), or pass customized_pruners={{{cls.__name__}: handler}}"
-                )
-            if key in self._specs:
-                found = self._specs[key]
-                break
-            if key == "torch.nn.modules.module.Module":
-                break
-        self._cache[cls] = found
-        return found
+    def __repr__(self) -> str:
+        return f"<plugin {self._pruning_core_name!r}: {self._pruning_core_plugin!r}>"
 
 
 class PluginHub:
@@ -193,18 +144,63 @@ class PluginHub:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.infos: Dict[str, PluginInfo] = {}
+        self.generation = 0  # bumped whenever the set of plugins changes (caches built elsewhere check it)
         self._cache: Dict[str, Any] = {}
         self._lock = threading.RLock()
-        self._tracing = _env_flag("PRUNING_CORE_TRACE_PLUGINS")
-        if self._tracing:
-            self.pm.trace.root.setwriter(sys.stderr.write)
-            self.pm.enable_tracing()
+        if _env_flag("PRUNING_CORE_TRACE_PLUGINS"):
+            self.pm.add_hookcall_monitoring(trace_before, trace_after)
         for module_name in BUILTIN_PLUGINS:
             module = importlib.import_module(module_name)
             self._register(module, "builtin." + module_name.rsplit(".", 1)[-1], builtin=True)
         self._load_entry_points()
 
     # -- loading -------------------------------------------------------------
+    def known_hooks(self) -> List[str]:
+        """Every hook name, read from the spec markers in :mod:`pruning_core.hookspecs`."""
+        return sorted(n for n in dir(hookspecs) if self.pm.parse_hookspec_opts(hookspecs, n) is not None)
+
+    def _guard(self, info: PluginInfo, hook_name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` with failure isolation and provider stamping (pluggy still sees its arguments)."""
+        types_ = RECORD_TYPES.get(hook_name)
+
+        @functools.wraps(function)  # pluggy reads the argument names through inspect.unwrap
+        def guarded(*args: Any) -> Any:
+            if types_ is None:  # notifications and resolve_* hooks: errors are the caller's to handle
+                return function(*args)
+            try:
+                items = list(function(*args) or ())
+                for item in items:
+                    if not isinstance(item, types_):
+                        raise PluginError(f"{hook_name}() returned {type(item).__name__}, expected "
+                                          + " or ".join(t.__name__ for t in types_))
+            except Exception as exc:  # a broken plugin must not break the others
+                message = f"plugin {info.name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
+                if info.builtin or _env_flag("PRUNING_CORE_STRICT_PLUGINS"):
+                    raise PluginError(message) from exc
+                info.error = message
+                return None
+            for item in items:
+                if item.provider is None:
+                    item._stamp(info.provider)
+            return items
+
+        return guarded
+
+    def _proxy(self, plugin: Any, info: PluginInfo) -> _PluginProxy:
+        proxy = _PluginProxy(info.name, plugin)
+        for attr in dir(plugin):
+            opts = self.pm.parse_hookimpl_opts(plugin, attr)
+            if opts is None:
+                continue
+            function = getattr(plugin, attr)
+            if opts.get("wrapper") or opts.get("hookwrapper"):
+                guarded = function  # a wrapper around other implementations is passed through as it is
+            else:
+                guarded = self._guard(info, opts.get("specname") or attr, function)
+                setattr(guarded, hookspecs.PROJECT + "_impl", opts)
+            proxy.__dict__[attr] = guarded
+        return proxy
+
     def _register(self, plugin: Any, name: str, builtin: bool = False,
                   distribution: Optional[str] = None, version: Optional[str] = None) -> PluginInfo:
         info = PluginInfo(name=name, builtin=builtin, module=getattr(plugin, "__name__", repr(plugin)),
@@ -213,21 +209,26 @@ class PluginHub:
         try:
             if self.pm.has_plugin(name):
                 raise PluginConflictError(f"a plugin named {name!r} is already registered")
-            self.pm.register(plugin, name=name)
-            unknown = [hc.name for hc in self.pm.get_hookcallers(plugin) or [] if hc.spec is None]
+            proxy = self._proxy(plugin, info)
+            self.pm.register(proxy, name=name)
+            unknown = [hc.name for hc in self.pm.get_hookcallers(proxy) or [] if hc.spec is None]
             if unknown:
-                self.pm.unregister(plugin)
-                raise PluginError(
-                    f"implements unknown hook(s) {', '.join(unknown)}; known hooks: "
-                    + ", ".join(sorted(n for n in dir(hookspecs) if n.startswith(("register_", "collect_", "resolve_", "fixup_"))))
-                )
-            info.hooks = sorted(hc.name for hc in self.pm.get_hookcallers(plugin) or [])
+                self.pm.unregister(proxy)
+                ported = [f"{n} is gone since 0.2: {hookspecs.REPLACED_HOOKS[n]}" for n in unknown
+                          if n in hookspecs.REPLACED_HOOKS]
+                raise PluginError(f"implements unknown hook(s) {', '.join(unknown)}; known hooks: "
+                                  + ", ".join(self.known_hooks()) + "".join(f". {p}" for p in ported))
+            info.hooks = sorted(hc.name for hc in self.pm.get_hookcallers(proxy) or [])
         except Exception as exc:  # a broken plugin must not break the others
             info.error = f"{type(exc).__name__}: {exc}"
             if builtin or _env_flag("PRUNING_CORE_STRICT_PLUGINS"):
                 raise PluginError(f"error registering plugin {name!r}: {info.error}") from exc
-        self._cache.clear()
+        self._changed()
         return info
+
+    def _changed(self) -> None:
+        self._cache.clear()
+        self.generation += 1
 
     def _load_entry_points(self) -> None:
         selected = _env_list("PRUNING_CORE_PLUGINS")
@@ -266,37 +267,13 @@ class PluginHub:
             if plugin is not None:
                 self.pm.unregister(plugin)
             self.infos.pop(name, None)
-            self._cache.clear()
+            self._changed()
 
-    # -- collecting records ----------------------------------------------------
-    def _collect(self, hook_name: str, record_type: type, **kwargs: Any) -> List[Any]:
-        records: List[Any] = []
-        caller = getattr(self.pm.hook, hook_name)
-        # Call each implementation on its own so every record carries its provider.
-        for impl in reversed(caller.get_hookimpls()):
-            info = self.infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name, builtin=False)
-            try:
-                result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
-                items = list(result or ())
-                for item in items:
-                    if not isinstance(item, record_type):
-                        raise PluginError(
-                            f"{hook_name}() returned {type(item).__name__}, expected {record_type.__name__}"
-                        )
-            except Exception as exc:
-                message = f"plugin {impl.plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
-                if info.builtin or _env_flag("PRUNING_CORE_STRICT_PLUGINS"):
-                    raise PluginError(message) from exc
-                info.error = message
-                continue
-            for item in items:
-                if item.provider is None:
-                    item._stamp(info.provider)
-            if self._tracing:
-                sys.stderr.write(f"pruning_core: {hook_name}() in plugin {impl.plugin_name!r} "
-                                 f"returned {len(items)} record(s)\n")
-            records.extend(items)
-        return records
+    # -- records -----------------------------------------------------------------
+    def _records(self, hook_name: str, **kwargs: Any) -> List[Any]:
+        """Call a record-returning hook through pluggy and flatten the answers (in call order)."""
+        results = getattr(self.pm.hook, hook_name)(**kwargs)
+        return [item for result in results for item in (result or ())]
 
     def _cached(self, key: str, build: Callable[[], Any]) -> Any:
         with self._lock:
@@ -304,53 +281,83 @@ class PluginHub:
                 self._cache[key] = build()
             return self._cache[key]
 
-    def handlers(self) -> HandlerRegistry:
-        return self._cached("handlers", lambda: HandlerRegistry(self._collect("register_layer_handlers", LayerHandlerSpec)))
+    def _registry(self, hook_name: str, kind: str, key: Callable[[Any], str], **options: Any) -> Registry:
+        return self._cached(hook_name, lambda: Registry(kind, self._records(hook_name), key, **options))
 
-    def op_rules(self) -> Dict[str, OpRuleSpec]:
-        def build() -> Dict[str, OpRuleSpec]:
-            rules: Dict[str, OpRuleSpec] = {}
-            for spec in self._collect("register_op_rules", OpRuleSpec):
-                if spec.op in rules:
-                    raise PluginConflictError(
-                        f"op rule {spec.op} is registered by both {rules[spec.op].provider} and {spec.provider}"
-                    )
-                rules[spec.op] = spec
-            return rules
-        return self._cached("op_rules", build)
+    def handlers(self) -> Registry:
+        """Layer handlers by class path; ``lookup(cls)`` walks the MRO."""
+        return self._registry("register_layer_handlers", "layer class", lambda s: s.key,
+                              advice=", or pass customized_pruners={{{name}: handler}}")
 
-    def importance_criteria(self) -> NamedRegistry:
-        return self._cached("importance", lambda: NamedRegistry(
-            "importance criterion", self._collect("register_importance_criteria", ImportanceSpec)))
+    def op_rules(self) -> Registry:
+        """Op rules by name (``"aten::view"`` or ``"aten::add.Tensor"``); ``get`` gives None when missing."""
+        return self._registry("register_op_rules", "op rule", lambda s: s.op, required=False)
 
-    def pruners(self) -> NamedRegistry:
-        return self._cached("pruners", lambda: NamedRegistry(
-            "pruner", self._collect("register_pruners", PrunerSpec)))
+    def importance_criteria(self) -> Registry:
+        return self._registry("register_importance_criteria", "importance criterion", lambda s: s.name,
+                              fold_case=True)
+
+    def pruners(self) -> Registry:
+        return self._registry("register_pruners", "pruner", lambda s: s.name, fold_case=True)
+
+    def state_codecs(self) -> Registry:
+        return self._registry("register_state_codecs", "state codec", lambda s: s.name)
+
+    def _schemes(self) -> Registry:
+        return self._registry("register_model_schemes", "model scheme", lambda s: s.scheme)
+
+    def model_schemes(self) -> List[ModelScheme]:
+        """Every scheme record, conflicting ones included (for listings)."""
+        registry = self._schemes()
+        return [registry.get(n) for n in registry.names()] + [r for rs in registry.conflicts().values() for r in rs]
+
+    def resolve_model_spec(self, spec: str) -> Any:
+        """The :class:`ModelSource` for a command-line spec, or None if no scheme claims it."""
+        registry = self._schemes()
+        scheme, colon, _ = spec.partition(":")
+        if colon and (scheme in registry or scheme in registry.conflicts()):
+            return registry.get(scheme).resolve(spec)
+        for record in self.model_schemes():
+            if not record.prefixed:
+                source = record.resolve(spec)
+                if source is not None:
+                    return source
+        return None
 
     def structure_hints(self, model: Any) -> List[StructureHint]:
-        return self._collect("collect_structure_hints", StructureHint, model=model)
+        """Every plugin's hints for ``model``, with the heads that attention layouts imply."""
+        from .builtin.attention_fixup import layout_hints
 
+        hints: List[StructureHint] = []
+        for record in self._records("collect_structure_hints", model=model):
+            hints.extend(layout_hints(record, self.out_channels) if isinstance(record, AttentionLayout)
+                         else [record])
+        return hints
+
+    def attention_layouts(self, model: Any) -> List[AttentionLayout]:
+        return [r for r in self._records("collect_structure_hints", model=model) if isinstance(r, AttentionLayout)]
+
+    def out_channels(self, module: Any) -> Optional[int]:
+        """Output channels of ``module`` as its registered handler counts them, or None without one."""
+        spec = self.handlers().lookup(type(module))
+        return spec.handler.get_out_channels(module) if spec is not None else None
+
+    # -- notifications and queries -------------------------------------------------------
     def fixup_after_prune(self, model: Any, modules: Dict[str, Any], graph: Any = None) -> None:
         self.pm.hook.fixup_after_prune(model=model, modules=modules, graph=graph)
 
-    def model_schemes(self) -> List[ModelScheme]:
-        return self._cached("schemes", lambda: self._collect("register_model_schemes", ModelScheme))
-
-    def resolve_model_spec(self, spec: str) -> Any:
-        return self.pm.hook.resolve_model_spec(spec=spec)
+    def after_step(self, model: Any, graph: Any = None) -> None:
+        """Tell plugins a pruning step is complete (see :func:`pruning_core.hookspecs.after_step`)."""
+        self.pm.hook.after_step(model=model, graph=graph)
 
     def missing_handler_hint(self, module: Any) -> Optional[str]:
         return self.pm.hook.resolve_missing_handler_hint(module=module)
 
     def conflicts(self) -> List[str]:
         """Every conflict between plugins, as readable lines."""
-        lines = []
-        for key, specs in self.handlers().conflicts().items():
-            lines.append(f"layer {key}: " + " and ".join(str(s.provider) for s in specs))
-        for registry in (self.importance_criteria(), self.pruners()):
-            for key, specs in registry.conflicts().items():
-                lines.append(f"{registry.kind} {key!r}: " + " and ".join(str(s.provider) for s in specs))
-        return lines
+        registries = (self.handlers(), self.op_rules(), self.importance_criteria(), self.pruners(),
+                      self._schemes(), self.state_codecs())
+        return [line for registry in registries for line in registry.conflict_lines()]
 
 
 _HUB: Optional[PluginHub] = None

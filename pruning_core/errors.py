@@ -83,3 +83,17 @@ __all__ = [
 class PruningWarning(UserWarning):
     """A request was adjusted (clamped to keep one channel), or part of the model could not be covered."""
 
+
+
+def warn(message: str, category: type = PruningWarning) -> None:
+    """Warn with the location of the first caller outside pruning_core (the user's line), wherever we are."""
+    import os
+    import sys
+    import warnings
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is the frame that called warn()
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

@@ -11,10 +11,19 @@ Conventions, as in pluggy: hooks are called with keyword arguments only, and an
 implementation may accept any subset of a spec's parameters. Names say the
 calling convention:
 
-* ``register_*()`` returns an iterable of records; every implementation runs.
-* ``collect_*(...)`` answers a query; every implementation runs.
+* ``register_*()`` returns (or yields) records; every implementation runs.
+* ``collect_*(...)`` answers a query with records; every implementation runs.
 * ``resolve_*(...)`` stops at the first implementation that returns non-``None``.
-* ``fixup_*(...)`` is a notification after something changed.
+* ``fixup_*(...)`` and ``after_*(...)`` are notifications after something changed.
+
+An implementation of a ``register_*`` or ``collect_*`` hook in a third-party plugin
+that raises (or returns something that is not a record) is recorded as that
+plugin's load error and skipped; a built-in plugin, or any plugin under
+``PRUNING_CORE_STRICT_PLUGINS=1``, raises :class:`pruning_core.PluginError`
+naming it. Records are stamped with the plugin that returned them. Two
+providers of one key (a layer class, an op, a criterion, a pruner, a scheme, a
+state codec) are a conflict: looking that key up raises
+:class:`pruning_core.PluginConflictError` naming both, other keys keep working.
 
 The built-in ``torch.nn`` support is itself a set of plugins using these hooks.
 """
@@ -78,17 +87,51 @@ def register_pruners() -> Iterable[Any]:
 
 
 @hookspec
-def collect_structure_hints(model: Any) -> Iterable[Any]:
-    """Return :class:`pruning_core.StructureHint` records for modules of ``model``.
+def register_model_schemes() -> Iterable[Any]:
+    """Return :class:`pruning_core.ModelScheme` records: model specs this plugin builds.
 
-    Hints tell the graph what tracing alone cannot: how many attention heads a
-    projection holds, which output head (classifier, ``lm_head``) to keep, and
-    which channels come in equal groups. User arguments (``num_heads=...``,
-    ``ignored_layers=...``) take precedence over hints.
+    ``pruning-core prune timm:convnext_tiny`` finds the scheme ``timm`` and calls
+    its ``resolve(spec)``, which returns a :class:`pruning_core.ModelSource`. The
+    schemes are also listed when a spec is not understood. Two plugins
+    registering one scheme are a conflict when a spec of that scheme is resolved.
+
+    Added in 0.1. Changed in 0.2: the record carries ``resolve``, which replaces
+    the ``resolve_model_spec(spec)`` hook.
+    """
+
+
+@hookspec
+def register_state_codecs() -> Iterable[Any]:
+    """Return :class:`pruning_core.StateCodec` records: state outside modules saved with a pruned model.
+
+    For state such as a framework config object that an ``after_step``
+    implementation edited. :func:`pruning_core.save_pruned` stores what each
+    codec's ``collect(model)`` returns under the codec's name, and
+    :func:`pruning_core.load_pruned` hands it to that codec's ``restore(model,
+    state)`` after rebuilding the pruned structure.
+
+    Added in 0.2, replacing the ``collect_model_state(model)`` and
+    ``restore_model_state(model, state)`` hooks.
+    """
+
+
+@hookspec
+def collect_structure_hints(model: Any) -> Iterable[Any]:
+    """Return :class:`pruning_core.StructureHint` and :class:`pruning_core.AttentionLayout` records for ``model``.
+
+    Hints tell the graph what tracing alone cannot: which output head
+    (classifier, ``lm_head``) to keep, and which channels come in equal groups.
+    An attention layout says where a block keeps its heads (its projections and
+    the attributes holding ``num_heads``, ``head_dim``, the scale...): the core
+    derives each projection's heads from it, and updates those attributes after
+    pruning. User arguments (``num_heads=...``, ``ignored_layers=...``) take
+    precedence over hints. Called before pruning and, for the layouts, once per
+    dependency graph: declare layouts from attribute names, not from sizes that
+    pruning changes.
 
     :param model: the root module being pruned.
 
-    Added in 0.1.
+    Added in 0.1. Changed in 0.2: may return ``AttentionLayout`` records.
     """
 
 
@@ -96,11 +139,13 @@ def collect_structure_hints(model: Any) -> Iterable[Any]:
 def fixup_after_prune(model: Any, modules: Any, graph: Any) -> None:
     """Notification: channels of ``modules`` were just removed; update attributes that depend on them.
 
-    Layer handlers keep their own layer consistent. This hook is for the rest:
-    ``num_heads`` or ``head_dim`` on an attention block whose projections
-    shrank, a ``Scale`` layer's ``shape``, or a framework config object.
-    It runs inside the same transaction as the pruning: if it raises, the model
-    is restored.
+    Layer handlers keep their own layer consistent, and the core updates the
+    attributes that attention layouts name. This hook is for the rest: a
+    ``Scale`` layer's ``shape``, a classifier head's ``in_features``. It runs after
+    every pruned group, also on trial copies of the model (find modules by name,
+    never by identity), inside the same transaction as the pruning: if it
+    raises, the model is restored. Framework-wide state (a config object)
+    belongs in :func:`after_step`.
 
     :param model: the root module that was pruned (or a trial copy of it).
     :param modules: a mapping from qualified name to module, holding every
@@ -110,6 +155,25 @@ def fixup_after_prune(model: Any, modules: Any, graph: Any) -> None:
         current sizes of the factors of a layer's output channels (heads, head size).
 
     Added in 0.1.
+    """
+
+
+@hookspec
+def after_step(model: Any, graph: Any) -> None:
+    """Notification: a pruning step is complete; bring model-wide state in step with the pruned modules.
+
+    Called once per step, when its groups have been removed, inside the step's
+    transaction and before the pruned model is verified: at the end of a
+    pruner's ``step()`` (or interactive step), and after a ``group.prune()``
+    made outside a pruner's step (a step of its own). If it raises, the step is
+    undone. Before editing an object that is not a module (a config), call
+    ``graph.remember(obj)`` so that an undone step restores it too. Not called
+    on trial copies.
+
+    :param model: the root module that was pruned.
+    :param graph: the :class:`pruning_core.DependencyGraph` it was pruned through.
+
+    Added in 0.2.
     """
 
 
@@ -125,49 +189,10 @@ def resolve_missing_handler_hint(module: Any) -> Optional[str]:
     """
 
 
-@hookspec
-def collect_model_state(model: Any) -> Optional[Any]:
-    """Return plain data (dicts, lists, strings, numbers) to save with a pruned ``model``, or ``None``.
-
-    For state that lives outside modules, such as a framework config object that
-    a ``fixup_after_prune`` implementation edited. It is stored under the
-    plugin's name and given back to :func:`restore_model_state` when loading.
-
-    :param model: the pruned model being saved.
-
-    Added in 0.1.
-    """
-
-
-@hookspec
-def restore_model_state(model: Any, state: Any) -> None:
-    """Apply what :func:`collect_model_state` saved, after the pruned structure was rebuilt.
-
-    :param model: the freshly built model being loaded.
-    :param state: this plugin's saved state.
-
-    Added in 0.1.
-    """
-
-
-@hookspec(firstresult=True)
-def resolve_model_spec(spec: str) -> Optional[Any]:
-    """Build the model named by a command-line spec such as ``"timm:convnext_tiny"``, or return ``None``.
-
-    Return a :class:`pruning_core.ModelSource`. The first plugin that knows the
-    spec's scheme wins.
-
-    :param spec: the text after ``pruning-core prune`` / ``inspect``.
-
-    Added in 0.1.
-    """
-
-
-@hookspec
-def register_model_schemes() -> Iterable[Any]:
-    """Return :class:`pruning_core.ModelScheme` records naming the spec schemes this plugin resolves.
-
-    Used to list the known schemes when a spec is not understood.
-
-    Added in 0.1.
-    """
+# Hooks of 0.1 that are gone, with how to port an implementation (shown when a plugin still has one).
+REPLACED_HOOKS = {
+    "resolve_model_spec": "return ModelScheme(scheme, example, description, resolve=...) records from "
+                          "register_model_schemes; resolve(spec) builds the ModelSource",
+    "collect_model_state": "return StateCodec(name, collect, restore) records from register_state_codecs",
+    "restore_model_state": "return StateCodec(name, collect, restore) records from register_state_codecs",
+}

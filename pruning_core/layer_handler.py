@@ -10,7 +10,7 @@ editing them in place, which lets a failed pruning step restore the old ones.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -117,27 +117,59 @@ def grouped_removal(idxs: torch.Tensor, total: int, groups: int, where: str) -> 
         "or whole groups")
 
 
+@runtime_checkable
+class LayerHandler(Protocol):
+    """The contract every layer handler meets (built-in or from a plugin): four methods.
+
+    ``prune_out_channels(layer, idxs)`` and ``prune_in_channels(layer, idxs)`` remove channels
+    (``idxs``: a sorted list of distinct ints) and return the layer; ``get_out_channels`` and
+    ``get_in_channels`` report the sizes. If ``prune_in_channels`` is the same function as
+    ``prune_out_channels``, the layer's input and output channels are one set (BatchNorm).
+    Every optional method and attribute is listed in :data:`OPTIONAL_HANDLER_METHODS`.
+    """
+
+    def prune_out_channels(self, layer: Any, idxs: Sequence[int]) -> Any: ...
+
+    def prune_in_channels(self, layer: Any, idxs: Sequence[int]) -> Any: ...
+
+    def get_out_channels(self, layer: Any) -> int: ...
+
+    def get_in_channels(self, layer: Any) -> int: ...
+
+
+#: Optional handler methods and attributes, with what the graph and the criteria use them for.
+OPTIONAL_HANDLER_METHODS: Dict[str, str] = {
+    "channel_dim": "channel_dim(layer, tensor, side): which dim of an input ('in') or output ('out') tensor holds "
+                   "the channels, when the size alone is ambiguous",
+    "tensor_channel_dims": "tensor_channel_dims(layer, inputs, outputs): for layers with several tensor inputs or "
+                           "outputs, ([(input_index, dim[, repeat, side]), ...], [(output_index, dim, ...), ...])",
+    "channel_groups": "channel_groups(layer): the channels form this many independent groups (grouped convolutions)",
+    "channel_params": "channel_params(layer, side): [(tensor, dim, to_channels), ...], the parameter slices each "
+                      "channel owns, for importance scores; without it they are found by probing a copy",
+    "specialize": "specialize(layer): the handler to use for this particular layer (a depthwise convolution)",
+    "refresh_attributes": "refresh_attributes(layer): set size attributes from the weights after code that uses "
+                          "the weight directly had it pruned",
+    "name": "name: how messages name the handler",
+    "shape_preserving": "shape_preserving = True: the output is shaped like the input, so meta runs may skip it",
+    "trace_in_eval": "trace_in_eval = True: trace and verify the layer in eval mode (BatchNorm)",
+    "replaces_tensors": "replaces_tensors = True: the handler puts new tensors in place of pruned ones instead of "
+                        "editing them, so undoing a step keeps the old objects instead of copies of their data",
+    "default_root": "default_root = True: the layer roots groups in DependencyGraph.get_all_groups() by default",
+}
+
+
 class BasePruningFunc:
     """Base class for layer handlers.
 
     The public methods validate indices and return the layer; subclasses
     implement ``_prune_out(layer, idxs)`` and ``_prune_in(layer, idxs)`` with
-    sorted, validated removal indices.
-
-    Optional methods the graph and the importance criteria use:
-
-    * ``channel_dim(layer, tensor, side)``: which dim of an input ("in") or
-      output ("out") tensor holds the channels.
-    * ``tensor_channel_dims(layer, inputs, outputs)``: for layers with several
-      tensor inputs or outputs, ``([(input_index, dim), ...], [(output_index, dim), ...])``.
-    * ``channel_groups(layer)``: channels form this many independent groups.
-    * ``channel_params(layer, side)``: ``[(tensor, dim, to_channels), ...]``,
-      the parameter slices each channel owns, for importance scores. Without it,
-      scores are found by probing ``prune_*_channels`` on a copy of the layer.
+    sorted, validated removal indices. The optional methods and attributes a
+    handler may add are listed in :data:`OPTIONAL_HANDLER_METHODS`.
     """
 
-    TARGET_MODULES: Tuple[type, ...] = ()
     name: Optional[str] = None
+    replaces_tensors = True  # the helpers below (prune_tensor) replace tensors; override if you edit in place
+    default_root = False
 
     def prune_out_channels(self, layer: nn.Module, idxs: Indices) -> nn.Module:
         """Remove output channels ``idxs`` of ``layer`` and return it."""
@@ -173,6 +205,18 @@ class BasePruningFunc:
 
     def _prune_in(self, layer: nn.Module, idxs: torch.Tensor) -> None:
         raise NotImplementedError
+
+    def _prune_parameter_and_grad(self, weight: nn.Parameter, keep_idxs: Sequence[int], pruning_dim: int
+                                  ) -> nn.Parameter:
+        """A new parameter holding only ``keep_idxs`` along ``pruning_dim``, its gradient sliced alike.
+
+        Torch-Pruning's helper for custom handlers; ``weight`` itself is not changed.
+        """
+        keep = torch.as_tensor(list(keep_idxs), dtype=torch.long, device=weight.device)
+        pruned = nn.Parameter(torch.index_select(weight.detach(), pruning_dim, keep), requires_grad=weight.requires_grad)
+        if weight.grad is not None:
+            pruned.grad = torch.index_select(weight.grad.detach(), pruning_dim, keep.to(weight.grad.device))
+        return pruned
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

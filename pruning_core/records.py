@@ -1,4 +1,4 @@
-"""Frozen records that plugins return from ``register_*`` hooks.
+"""Frozen records that plugins return from their hooks (``register_*``, ``collect_structure_hints``).
 
 Each record validates itself when created, so a malformed plugin fails at load
 time with a message naming the record and the field. The plugin manager stamps
@@ -183,20 +183,60 @@ def _check_name(kind: str, name: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelScheme(_Stamped):
-    """A model-spec scheme a plugin resolves, for listings and error messages.
+    """A model-spec scheme and how to build its models, for ``pruning-core prune SPEC``.
 
     :param scheme: the prefix before the colon, for example ``"timm"``.
     :param example: a full example spec, for example ``"timm:convnext_tiny"``.
     :param description: one line.
+    :param resolve: ``resolve(spec)`` returns a :class:`ModelSource` for a spec of this
+        scheme (the whole spec, prefix included), or raises
+        :class:`pruning_core.ConfigurationError` saying what is wrong with it.
+    :param prefixed: ``False`` for a scheme whose specs carry no prefix (a saved
+        directory): its ``resolve`` is tried, in turn with the other unprefixed
+        schemes, for specs with no known prefix, and returns ``None`` to pass.
     """
 
     scheme: str
     example: str
     description: str = ""
+    resolve: Optional[Callable[[str], Any]] = None
+    prefixed: bool = True
     provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_name("ModelScheme", self.scheme)
+        if not callable(self.resolve):
+            raise PluginError(f"ModelScheme {self.scheme!r}: resolve must be a callable resolve(spec) -> "
+                              "ModelSource (since 0.2 the scheme record builds the model; the "
+                              "resolve_model_spec hook is gone)")
+        if not isinstance(self.example, str) or (self.prefixed and not self.example.startswith(self.scheme + ":")):
+            raise PluginError(f"ModelScheme {self.scheme!r}: example {self.example!r} must be a spec that starts "
+                              f"with '{self.scheme}:'")
+
+
+@dataclasses.dataclass(frozen=True)
+class StateCodec(_Stamped):
+    """State outside modules (a framework config object, say) saved with a pruned model and restored on load.
+
+    :param name: the key the state is stored under in the saved file. Files saved
+        by pruning_core 0.1 stored it under the plugin's entry-point name, so a
+        codec named like its plugin (``"hf"``) loads them too.
+    :param collect: ``collect(model)`` returns plain data (dicts, lists, strings,
+        numbers) to save, or ``None`` when the model has nothing for this codec.
+    :param restore: ``restore(model, state)`` applies what ``collect`` returned, on a
+        freshly built model whose pruned structure was just rebuilt.
+    """
+
+    name: str
+    collect: Callable[[Any], Any]
+    restore: Callable[[Any, Any], None]
+    provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_name("StateCodec", self.name)
+        for field in ("collect", "restore"):
+            if not callable(getattr(self, field)):
+                raise PluginError(f"StateCodec {self.name!r}: {field} is not callable")
 
 
 @dataclasses.dataclass
@@ -209,6 +249,7 @@ class ModelSource:
     :param keep: modules whose output channels must stay (classifier, LM head).
     :param forward_fn: how to call the model, when ``model(inputs)`` is not enough.
     :param make_batch: ``make_batch(i)`` returns calibration batch ``i`` (defaults to random inputs).
+    :param description: one line shown by the command line (``"timm convnext_tiny (random weights)"``).
     """
 
     model: Any
@@ -218,3 +259,101 @@ class ModelSource:
     forward_fn: Optional[Callable[..., Any]] = None
     make_batch: Optional[Callable[[int], Any]] = None
     description: str = ""
+
+
+_ATTR_FIELDS = ("num_heads", "num_key_value_heads", "kv_groups", "head_dim", "width")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionLayout(_Stamped):
+    """Where an attention block keeps its heads, so the core keeps its attributes in step after pruning.
+
+    Return it from ``collect_structure_hints`` next to :class:`StructureHint`. The
+    core derives the heads of each projection from it (no ``num_heads`` argument
+    needed) and, after every pruning, sets the named attributes from the
+    projections' current channel structure. Name the projections either
+    separately (``query``, ``key``, ``value``) or as one ``fused`` projection.
+
+    :param module: the attention block.
+    :param query: child name of the query projection (with ``key`` and ``value``).
+    :param key: child name of the key projection; with fewer key than query heads
+        (grouped-query attention) a removable head is a whole key/value group.
+    :param value: child name of the value projection.
+    :param fused: child name of one projection whose output holds ``parts`` equal
+        parts (q, k and v), each ``heads x head_dim``; ``""`` is the block itself,
+        for a block pruned as one layer whose output channels are its heads.
+    :param parts: how many equal parts the fused projection's output holds (3 for q/k/v).
+    :param num_heads: attributes holding the number of (query) heads.
+    :param num_key_value_heads: attributes holding the number of key/value heads.
+    :param kv_groups: attributes holding query heads per key/value head.
+    :param head_dim: attributes holding the size of one head.
+    :param width: attributes holding ``heads x head_dim`` (``all_head_size``, ``split_size``...).
+    :param scale: a float attribute scaled by ``sqrt(original head_dim / head_dim)``
+        when the head size changes (``scaling``, ``scale``).
+    :param prunable_heads: whether whole heads may be removed (``None``: the pruner's option).
+    :param prunable_head_dims: whether dimensions inside heads may be removed (``None``: the pruner's option).
+
+    Each attribute field takes a name or a tuple of names; every name must exist
+    on ``module`` with an int value (a float for ``scale``).
+    """
+
+    module: Any
+    query: Optional[str] = None
+    key: Optional[str] = None
+    value: Optional[str] = None
+    fused: Optional[str] = None
+    parts: int = 3
+    num_heads: Union[str, Tuple[str, ...]] = ()
+    num_key_value_heads: Union[str, Tuple[str, ...]] = ()
+    kv_groups: Union[str, Tuple[str, ...]] = ()
+    head_dim: Union[str, Tuple[str, ...]] = ()
+    width: Union[str, Tuple[str, ...]] = ()
+    scale: Optional[str] = None
+    prunable_heads: Optional[bool] = None
+    prunable_head_dims: Optional[bool] = None
+    provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        where = f"AttentionLayout for {type(self.module).__name__}"
+        if not callable(getattr(self.module, "get_submodule", None)):
+            raise PluginError(f"{where}: module must be the attention block (a torch module)")
+        separate = (self.query, self.key, self.value)
+        if self.fused is not None and any(n is not None for n in separate):
+            raise PluginError(f"{where}: give either query, key and value or fused, not both")
+        if self.fused is None and not all(isinstance(n, str) and n for n in separate):
+            raise PluginError(f"{where}: give the child names of all of query, key and value, or fused")
+        for name in (separate if self.fused is None else (self.fused,)):
+            if not isinstance(name, str) or (name and not _has_child(self.module, name)):
+                raise PluginError(f"{where}: it has no child module {name!r}")
+        if not isinstance(self.parts, int) or isinstance(self.parts, bool) or self.parts < 1:
+            raise PluginError(f"{where}: parts must be a positive int, got {self.parts!r}")
+        for field in _ATTR_FIELDS:
+            names = getattr(self, field)
+            names = (names,) if isinstance(names, str) else tuple(names)
+            object.__setattr__(self, field, names)
+            for name in names:
+                value = getattr(self.module, name, None) if isinstance(name, str) else None
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise PluginError(f"{where}: {field} names attribute {name!r}, which the block does not have "
+                                      f"as an int (it is {type(value).__name__})")
+        if self.fused is None and not self.head_dim:
+            raise PluginError(f"{where}: separate projections need the head_dim attribute(s)")
+        if self.fused is not None and not (self.head_dim or self.num_heads):
+            raise PluginError(f"{where}: a fused projection needs num_heads or head_dim attribute(s)")
+        if self.scale is not None and not isinstance(getattr(self.module, self.scale, None), float):
+            raise PluginError(f"{where}: scale names {self.scale!r}, which the block does not have as a float")
+        for field in ("prunable_heads", "prunable_head_dims"):
+            if getattr(self, field) not in (None, True, False):
+                raise PluginError(f"{where}: {field} must be None, True or False")
+
+    def projections(self) -> Tuple[str, ...]:
+        """Child names of the projections that hold heads (``("",)`` for the block itself)."""
+        return (self.fused,) if self.fused is not None else (self.query, self.key, self.value)
+
+
+def _has_child(module: Any, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+    except AttributeError:
+        return False
+    return True

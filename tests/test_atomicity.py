@@ -11,36 +11,7 @@ import pruning_core as tp
 from pruning_core import _plugins
 from pruning_core.builtin.handlers.batchnorm import prune_batchnorm_handler
 from pruning_core.builtin.handlers.conv import prune_conv_handler
-
-
-def fingerprint(model: nn.Module):
-    """Everything a failed prune must leave untouched."""
-    state = {}
-    for name, module in model.named_modules():
-        attrs = {k: v for k, v in module.__dict__.items()
-                 if not k.startswith("_") and isinstance(v, (int, float, bool, str, tuple, type(None)))}
-        attrs["_record"] = repr(module.__dict__.get("_pruning_record"))
-        tensors = {}
-        for tname, tensor in list(module._parameters.items()) + list(module._buffers.items()):
-            if tensor is not None:
-                tensors[tname] = (id(tensor), tensor.detach().clone(), tensor.requires_grad)
-        state[name] = (attrs, tensors)
-    return state
-
-
-def assert_same(before, after):
-    assert before.keys() == after.keys()
-    for name in before:
-        attrs_b, tensors_b = before[name]
-        attrs_a, tensors_a = after[name]
-        assert attrs_b == attrs_a, name
-        assert tensors_b.keys() == tensors_a.keys(), name
-        for tname in tensors_b:
-            id_b, data_b, grad_b = tensors_b[tname]
-            id_a, data_a, grad_a = tensors_a[tname]
-            assert id_b == id_a, f"{name}.{tname} was replaced"  # optimizer-held identity survives
-            assert torch.equal(data_b, data_a), f"{name}.{tname} changed"
-            assert grad_b == grad_a
+from pruning_core.testing.oracle import assert_same, fingerprint
 
 
 class Flaky:

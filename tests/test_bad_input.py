@@ -11,7 +11,7 @@ from torch import nn
 
 import pruning_core as tp
 from pruning_core import _plugins
-from tests.test_atomicity import assert_same, fingerprint
+from pruning_core.testing.oracle import assert_same, fingerprint
 
 
 class Net(nn.Module):

@@ -8,8 +8,7 @@ from torch import nn
 
 import pruning_core as tp
 from pruning_core.testing import check_handler
-
-from tests.helpers import oracle_check, run
+from pruning_core.testing.oracle import oracle_check, run
 
 
 class Chain(nn.Module):

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pruning_core as tp
-from tests.test_atomicity import assert_same, fingerprint
+from pruning_core.testing.oracle import assert_same, fingerprint
 
 X = torch.randn(1, 3, 32, 32)
 

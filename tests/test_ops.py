@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pruning_core as tp
-from tests.helpers import idxs_of, oracle_check
+from pruning_core.testing.oracle import idxs_of, oracle_check
 
 
 class OpNet(nn.Module):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import pruning_core as tp
-from pruning_core import _plugins
+from pruning_core import _plugins, hookspecs
 
 
 class Doubler(nn.Module):
@@ -154,11 +154,59 @@ def test_two_plugins_claiming_a_layer_is_an_error_naming_both(fake_entry_points)
     assert DG.get_pruning_group(model[0], tp.prune_linear_out_channels, idxs=[0])
 
 
+class Fancy(nn.Module):
+    pass
+
+
+# One record of each kind, all under the key "fancy" (or the Fancy class), and how the core looks it up.
+CONFLICTING = {
+    "register_layer_handlers": (lambda: tp.LayerHandlerSpec(target=Fancy, handler=DoublerHandler()),
+                                lambda hub: hub.handlers().lookup(Fancy), lambda hub: hub.handlers().lookup(nn.Linear)),
+    "register_op_rules": (lambda: tp.OpRuleSpec(op="aten::fancy", rule=lambda call: None),
+                          lambda hub: hub.op_rules().get("aten::fancy"), lambda hub: hub.op_rules().get("aten::addmm")),
+    "register_importance_criteria": (lambda: tp.ImportanceSpec("fancy", factory=object),
+                                     lambda hub: hub.importance_criteria().get("Fancy"),
+                                     lambda hub: hub.importance_criteria().get("l2")),
+    "register_pruners": (lambda: tp.PrunerSpec("fancy", factory=object), lambda hub: hub.pruners().get("fancy"),
+                         lambda hub: hub.pruners().get("magnitude")),
+    "register_model_schemes": (lambda: tp.ModelScheme("fancy", "fancy:x", resolve=lambda spec: None),
+                               lambda hub: hub.resolve_model_spec("fancy:x"),
+                               lambda hub: hub.model_schemes() and hub.resolve_model_spec("nosuchscheme:x") is None),
+    "register_state_codecs": (lambda: tp.StateCodec("fancy", collect=lambda m: None, restore=lambda m, s: None),
+                              lambda hub: tp.save_pruned(nn.Linear(2, 2), "/nonexistent/never-written"),
+                              lambda hub: hub.state_codecs().get("hf") if "hf" in hub.state_codecs() else True),
+}
+
+
+@pytest.mark.parametrize("hook", sorted(CONFLICTING))
+def test_one_conflict_rule_for_every_kind_of_record(fake_entry_points, hook):
+    """Two providers of one key: looking that key up names both; every other key keeps working."""
+    make_record, look_up, unrelated = CONFLICTING[hook]
+    for name in ("first", "second"):
+        plugin = make_plugin(name, **{hook: lambda: [make_record()]})
+        fake_entry_points.append(FakeEntryPoint(name, plugin, dist=f"{name}-dist"))
+    hub = _plugins.get_hub()
+    with pytest.raises(tp.PluginConflictError) as error:
+        look_up(hub)
+    message = str(error.value)
+    assert "plugin 'first' (first-dist 1.0)" in message and "plugin 'second' (second-dist 1.0)" in message
+    assert unrelated(hub)
+    assert any("first-dist" in line and "second-dist" in line for line in hub.conflicts())
+    assert all(hub.infos[name].error is None for name in ("first", "second"))
+
+
 def test_misnamed_hooks_and_bad_records_are_plugin_errors(fake_entry_points):
     fake_entry_points.append(FakeEntryPoint("typo", make_plugin("typo", register_layer_handler=lambda: [])))
     fake_entry_points.append(FakeEntryPoint("badrecord", make_plugin("badrecord", register_layer_handlers=lambda: [42])))
+    fake_entry_points.append(FakeEntryPoint("old", make_plugin("old", resolve_model_spec=lambda spec: None)))
     hub = _plugins.get_hub()
     assert "unknown hook(s) register_layer_handler" in hub.infos["typo"].error
+    # The known hooks come from the spec markers, so every one is listed (restore-like names included).
+    specs = [name for name, value in vars(hookspecs).items() if hasattr(value, "pruning_core_spec")]
+    assert "after_step" in specs and "register_state_codecs" in specs and len(specs) == 10
+    listed = hub.infos["typo"].error.split("known hooks: ", 1)[1]
+    assert sorted(listed.split(", ")) == sorted(specs)
+    assert "resolve_model_spec is gone since 0.2" in hub.infos["old"].error
     hub.handlers()
     assert "returned int, expected LayerHandlerSpec" in hub.infos["badrecord"].error
 
@@ -207,7 +255,7 @@ def test_import_is_light_and_loads_no_plugin():
         heavy = sorted(m for m in sys.modules if m.split('.')[0] in
                        {'transformers', 'timm', 'ultralytics', 'torchvision', 'pruning_core_hf',
                         'pruning_core_timm', 'pruning_core_yolo'})
-        from pruning_core import _plugins
+        from pruning_core import _plugins, hookspecs
         print(heavy, _plugins.is_loaded(), 'pruning_core.pruner' in sys.modules)
     """)
     assert result.returncode == 0, result.stderr

@@ -11,7 +11,7 @@ from torch import nn
 
 import pruning_core as tp
 from pruning_core import _plugins
-from tests.helpers import run
+from pruning_core.testing.oracle import run
 
 
 class TwoBranch(nn.Module):

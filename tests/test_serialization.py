@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 import pruning_core as tp
-from tests.helpers import run
+from pruning_core.testing.oracle import run
 
 
 def _pruned(name, size=224, ratio=0.5):

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import pruning_core as tp
-from tests.helpers import run
+from pruning_core.testing.oracle import run
 
 MODELS = [
     ("resnet18", 64), ("mobilenet_v3_small", 64), ("shufflenet_v2_x0_5", 64), ("densenet121", 64),

@@ -14,7 +14,7 @@ from torch import nn
 
 import pruning_core as tp
 from pruning_core import _plugins
-from tests.helpers import oracle_check, run
+from pruning_core.testing.oracle import oracle_check, run
 
 
 class Small(nn.Module):
@@ -284,7 +284,7 @@ def test_repeated_blocks_give_proportional_structure():
         DG = tp.DependencyGraph().build_dependency(model, torch.randn(2, 64), validate=False)
         groups = list(DG.get_all_groups())
         sizes = [len(g) for g in groups]
-        return len(DG._recorder.nodes) - 2, len(groups), max(sizes)
+        return len(DG.traced.recorder.nodes) - 2, len(groups), max(sizes)
 
     small, large = build(8), build(64)
     # Per-layer structure is constant, so graph size is proportional to depth and each group stays local.
@@ -390,7 +390,7 @@ def test_outputs_whose_size_the_data_decides_do_not_block_pruning():
     x = torch.randn(1, 3, 6, 6)
     detections_before = run(model, x)[0].shape[0]
     DG = tp.DependencyGraph().build_dependency(model, x)
-    dynamic = DG._recorder.output_dynamic
+    dynamic = DG.traced.recorder.output_dynamic
     assert dynamic == [(True,), (True, False)]  # detection counts vary; the pasted width (4) does not
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a refused group would warn
@@ -433,3 +433,32 @@ def test_a_fixed_size_may_follow_a_data_decided_size_in_lockstep():
     assert not shapes_match(reference, [(5, 4), (3, 17, 3)], dynamic)  # no data-decided dim changed
     assert not shapes_match(reference, [(3, 4), (3, 17, 2)], dynamic)
     assert not shapes_match(reference, [(3, 4)], dynamic)
+
+
+def test_layers_pruned_by_their_parents_handler_are_not_reported_as_unreached():
+    # Regression: MultiheadAttention.out_proj is pruned by the attention handler, yet was reported
+    # as a layer "the traced forward never reached".
+    model = nn.TransformerEncoderLayer(16, 4, 32, batch_first=True).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tp.DependencyGraph().build_dependency(model, torch.randn(2, 5, 16))
+    assert not [w for w in caught if "did not run" in str(w.message)]
+
+
+class WithTrainingOnlyHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.aux = nn.Linear(8, 2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.body(x)
+        return (self.head(h), self.aux(h)) if self.training else self.head(h)
+
+
+def test_unreached_layer_warning_names_it_and_points_at_the_callers_line():
+    model = WithTrainingOnlyHead().eval()
+    with pytest.warns(tp.pruner.PruningWarning, match="aux") as record:
+        tp.DependencyGraph().build_dependency(model, torch.randn(2, 4))
+    assert record[0].filename == __file__

@@ -84,22 +84,19 @@ def _saved(directory: str, spec: str) -> ModelSource:
     return source
 
 
+def _saved_directory(spec: str) -> Optional[ModelSource]:
+    if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "pruning.json")):
+        return _saved(spec, spec)
+    return None
+
+
 @hookimpl
 def register_model_schemes() -> List[ModelScheme]:
     return [
-        ModelScheme("torchvision", "torchvision:resnet50", "a torchvision model with random weights"),
-        ModelScheme("file", "file:path/to/module.py:factory", "factory() returning a model or (model, inputs)"),
-        ModelScheme("saved", "path/to/pruned_directory", "a model saved by pruning-core prune"),
+        ModelScheme("torchvision", "torchvision:resnet50", "a torchvision model with random weights",
+                    resolve=lambda spec: _torchvision(spec.partition(":")[2], spec)),
+        ModelScheme("file", "file:path/to/module.py:factory", "factory() returning a model or (model, inputs)",
+                    resolve=lambda spec: _file(spec.partition(":")[2], spec)),
+        ModelScheme("saved", "path/to/pruned_directory", "a model saved by pruning-core prune",
+                    resolve=_saved_directory, prefixed=False),
     ]
-
-
-@hookimpl(trylast=True)
-def resolve_model_spec(spec: str) -> Optional[ModelSource]:
-    if os.path.isdir(spec) and os.path.exists(os.path.join(spec, "pruning.json")):
-        return _saved(spec, spec)
-    scheme, _, rest = spec.partition(":")
-    if scheme == "torchvision":
-        return _torchvision(rest, spec)
-    if scheme == "file":
-        return _file(rest, spec)
-    return None

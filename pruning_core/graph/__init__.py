@@ -2,6 +2,8 @@
 
 from .depgraph import DependencyGraph
 from .group import Dependency, Group, GroupItem
+from .index import ChannelIndex
 from .trace import OpCall
+from .transaction import Transaction
 
-__all__ = ["DependencyGraph", "Dependency", "Group", "GroupItem", "OpCall"]
+__all__ = ["DependencyGraph", "Dependency", "Group", "GroupItem", "ChannelIndex", "OpCall", "Transaction"]

@@ -1,86 +1,38 @@
-"""``DependencyGraph``: trace a model once, then hand out and prune groups of coupled channels."""
+"""``DependencyGraph``: trace a model once, then hand out and prune groups of coupled channels.
+
+The class is a facade over small collaborators, each in its own module:
+:mod:`~.build` (tracing), :mod:`~.index` (channel index arithmetic), :mod:`~.lookup`
+(layer to slot), :mod:`~.grouping` (enumerating groups), :mod:`~.structure` (heads and
+protection), :mod:`~.removal` (pruning), :mod:`~.transaction` (undo) and
+:mod:`~.validate` (trial and verification forwards).
+"""
 
 from __future__ import annotations
 
-import collections
-import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+import contextlib
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
 
-from .. import _plugins
 from .._gc import without_gc
-from ..errors import (ConfigurationError, GraphError, NoHandlerError, PruningError, PruningWarning, TracingError,
-                      UnsupportedModelError)
-from . import handlers as hv
-from .dims import FROZEN, Atom, leaves, resolve
-from .grouping import GroupingMixin
-from .pruning import PruningMixin
-from .rules import pointwise
+from ..errors import ConfigurationError, GraphError
+from .build import TracedModel, check_model, trace_model
+from .dims import Atom
+from .group import Group
+from .grouping import DEFAULT_ROOTS, GroupFinder
+from .index import ChannelIndex, Selection
+from .lookup import SlotLookup
+from .removal import ChannelRemover
 from .slots import Slot
-from .structure import ChannelStructureMixin
-from .capture import run_trace
-from .trace import Recorder, UnsupportedOp
+from .structure import ChannelStructure
+from .trace import UnsupportedOp
+from .transaction import Transaction, TransactionStack
+
+__all__ = ["DependencyGraph", "check_model", "DEFAULT_ROOTS"]
 
 
-
-def check_model(model: Any) -> nn.Module:
-    """Refuse models the tracer cannot prune in place, with the unwrap instruction."""
-    if not isinstance(model, nn.Module):
-        raise ConfigurationError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        raise UnsupportedModelError(
-            f"model is wrapped in {type(model).__name__}; prune the inner module instead: "
-            "pass model.module, then wrap the pruned model again")
-    if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
-        raise UnsupportedModelError(
-            "model was compiled with torch.compile; prune the original module (model._orig_mod), "
-            "then call torch.compile on the pruned model")
-    return model
-
-
-class _Index:
-    """Lookups derived from the trace; rebuilt whenever atoms are refined."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        self.slot_exprs: Dict[int, Any] = {}
-        self.slot_atoms: Dict[int, List[Atom]] = {}
-        self.atom_slots: Dict[Atom, List[Slot]] = collections.defaultdict(list)
-        for slot in recorder.slots:
-            expr = resolve(slot.expr)
-            self.slot_exprs[slot.serial] = expr
-            if slot.kind == "in" and hv.is_coupled(slot.handler):
-                continue  # same channels as the output slot; pruned once, through it
-            for leaf in _repeated_in_product(expr):
-                leaf.flags |= FROZEN
-                if len(leaf.notes) < 4:
-                    leaf.notes.append(f"indexes two dims of {slot.describe()} at once")
-            atoms: List[Atom] = []
-            for leaf in leaves(expr):
-                if leaf not in atoms:
-                    atoms.append(leaf)
-            self.slot_atoms[slot.serial] = atoms
-            for atom in atoms:
-                self.atom_slots[atom].append(slot)
-        self.tensor_atoms: List[Set[Atom]] = []
-        for dims in recorder.tensor_dims:
-            found: Set[Atom] = set()
-            for expr in dims:
-                found.update(leaves(expr))
-            self.tensor_atoms.append(found)
-        self.slots_by_serial: Dict[int, Slot] = {slot.serial: slot for slot in recorder.slots}
-        self.coords_cache: Dict[Tuple[int, int], Tuple[Tuple[Any, ...], torch.Tensor]] = {}
-        self.producer: Dict[int, int] = {}
-        self.consumers: Dict[int, List[int]] = collections.defaultdict(list)
-        for index, node in enumerate(recorder.nodes):
-            for serial in node.outputs:
-                self.producer.setdefault(serial, index)
-            for serial in node.inputs:
-                self.consumers[serial].append(index)
-
-
-class DependencyGraph(GroupingMixin, ChannelStructureMixin, PruningMixin):
+class DependencyGraph:
     """Traces a model and groups its coupled channels (the DepGraph algorithm).
 
     Typical use, as in the Torch-Pruning API::
@@ -93,20 +45,11 @@ class DependencyGraph(GroupingMixin, ChannelStructureMixin, PruningMixin):
 
     def __init__(self) -> None:
         self.model: Optional[nn.Module] = None
-        self._recorder: Optional[Recorder] = None
-        self._index_cache: Optional[_Index] = None
-        self._customized: Dict[type, Any] = {}
-        self._hub: Optional[_plugins.PluginHub] = None
-        self._module_names: Dict[int, str] = {}
-        self._shared_params: List[List[Tuple[nn.Module, str]]] = []
         self.history: List[Dict[str, Any]] = []
-        self._example_inputs: Any = None
-        self._shapes_on_meta = False
-        self._forward: Optional[Callable[[nn.Module, Any], Any]] = None
-        self._validate = True
-        self._checked_atoms: Set[Atom] = set()
-        self._trials: Optional[Any] = None
-        self.head_atoms: Set[Atom] = set()
+        self.transactions = TransactionStack()
+        self._customized: Dict[type, Any] = {}
+        self._traced: Optional[TracedModel] = None
+        self._index: Optional[ChannelIndex] = None
 
     # -- building -----------------------------------------------------------------
     @without_gc
@@ -133,220 +76,128 @@ class DependencyGraph(GroupingMixin, ChannelStructureMixin, PruningMixin):
             that removing a channel of each keeps the model runnable (see
             :mod:`pruning_core.graph.validate`); groups that fail are frozen.
         """
-        model = check_model(model)
-        if example_inputs is None and example_kwargs is None:
-            raise ConfigurationError("build_dependency needs example_inputs (a tensor, tuple or dict of inputs)")
-        self.model = model
-        self._hub = _plugins.get_hub()
-        self._customized = dict(customized_pruners or {})
-        for cls, handler in self._customized.items():
-            if not isinstance(cls, type):
-                raise ConfigurationError(f"customized_pruners keys must be layer classes, got {cls!r}")
-            missing = [m for m in ("prune_out_channels", "prune_in_channels", "get_out_channels",
-                                   "get_in_channels") if not callable(getattr(handler, m, None))]
-            if missing:
-                raise ConfigurationError(f"customized_pruners[{cls.__name__}] lacks {', '.join(missing)}")
-        self._check_inputs(model, example_inputs)
-        inputs = example_inputs
-        if example_kwargs:
-            if example_inputs is None:
-                inputs = dict(example_kwargs)
-            else:
-                positional = example_inputs if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
-                user_fn = forward_fn
-                inputs = (tuple(positional), dict(example_kwargs))
-                forward_fn = user_fn or (lambda m, x: m(*x[0], **x[1]))
-        recorder = self._trace(model, inputs, forward_fn, output_transform)
-        self._recorder = recorder
-        self._module_names = dict(recorder.module_names)
-        self._lookup = dict(model.named_modules())
-        self._example_inputs = inputs
-        self._forward = _make_forward(forward_fn, output_transform)
-        self._validate = validate
-        self._checked_atoms = set()
-        self._trials = None
-        self._link_shared_parameters(model, recorder)
-        self._freeze_unlinked(recorder)
-        self._index_cache = None
-        self._warn_about_modules_that_did_not_run(model, recorder)
+        customized = {**self._customized, **dict(customized_pruners or {})}
+        traced = trace_model(model, example_inputs, forward_fn, output_transform, customized, example_kwargs)
+        self.model, self._traced = traced.model, traced
+        self._index = None
+        self.slots = SlotLookup(traced)
+        self.structure = ChannelStructure(traced, lambda: self.index, self.slots, self._invalidate_index)
+        self.remover = ChannelRemover(traced, lambda: self.index, self.transactions, self.history, self)
+        self.finder = GroupFinder(traced, lambda: self.index, self.slots, self.make_group, self.remover, validate)
         return self
 
-    def _warn_about_modules_that_did_not_run(self, model: nn.Module, recorder: Recorder) -> None:
-        """Layers the traced forward never reached (GoogLeNet's training-only auxiliary heads) are not
-        pruned: if they read pruned channels, they fail when they do run. Say so now, not at train time."""
-        used = {id(slot.target.owner) for slot in recorder.slots if slot.is_param}
-        missed = [name for name, module in model.named_modules()
-                  if any(True for _ in module.parameters(recurse=False)) and id(module) not in recorder.module_slots
-                  and id(module) not in used]
-        if missed:
-            shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
-            warnings.warn(
-                f"{len(missed)} layer(s) with parameters did not run in the traced forward: {shown}. They are "
-                "not pruned, and they fail if they run later and read pruned channels (auxiliary heads that run "
-                "only in training mode). Remove them before pruning, or trace with inputs and a mode that runs them.",
-                PruningWarning, stacklevel=3)
+    def register_customized_layer(self, layer_type: type, layer_pruner: Any) -> None:
+        """Use ``layer_pruner`` for layers of ``layer_type`` (call before ``build_dependency``)."""
+        if self._traced is not None:
+            raise ConfigurationError("register_customized_layer must be called before build_dependency")
+        self._customized[layer_type] = layer_pruner
 
-    def _trace(self, model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output_transform: Optional[Callable]
-               ) -> Recorder:
-        """Trace on meta twins of the weights (shapes only, no arithmetic); on real tensors if that fails."""
-        from .meta import to_meta, weights_on_meta
-
-        self._shapes_on_meta = False
-        try:
-            with weights_on_meta(model):
-                recorder = Recorder(model, self._resolve_handler, self._rule_for, pointwise)
-                run_trace(model, recorder, to_meta(inputs), forward_fn, output_transform, on_meta=True)
-            self._shapes_on_meta = True
-            return recorder
-        except PruningError:
-            raise
-        except Exception:
-            pass  # value-dependent forward (.item(), data-dependent shapes): trace with real tensors
-        recorder = Recorder(model, self._resolve_handler, self._rule_for, pointwise)
-        try:
-            run_trace(model, recorder, inputs, forward_fn, output_transform)
-        except PruningError:
-            raise
-        except Exception as exc:
-            where = recorder.error_scope or recorder.current_scope
-            raise TracingError(
-                f"the forward pass failed while tracing{f' in {where}' if where else ''}: "
-                f"{type(exc).__name__}: {exc}. Check example_inputs, or pass forward_fn(model, inputs)") from exc
-        return recorder
-
-    def _check_inputs(self, model: nn.Module, example_inputs: Any) -> None:
-        """Inputs on another device or in another float type than the weights are a user error."""
-        from .trace import iter_tensors
-
-        params = [p for p in model.parameters() if p.is_floating_point()]
-        if not params:
-            return
-        reference = params[0]
-        dtypes = {p.dtype for p in params}
-        for index, tensor in enumerate(iter_tensors(example_inputs)):
-            if tensor.device.type != reference.device.type and "meta" not in (tensor.device.type,
-                                                                               reference.device.type):
-                raise ConfigurationError(
-                    f"example input {index} is on {tensor.device} but the model is on {reference.device}; "
-                    "move the inputs (or the model) to the same device")
-            if tensor.is_floating_point() and len(dtypes) == 1 and tensor.dtype != reference.dtype:
-                raise ConfigurationError(
-                    f"example input {index} is {tensor.dtype} but the model's weights are {reference.dtype}; "
-                    f"convert the inputs with .to({reference.dtype})")
-
-    def _resolve_handler(self, module: nn.Module) -> Any:
-        for cls in type(module).__mro__:
-            if cls in self._customized:
-                return hv.specialize(self._customized[cls], module)
-        spec = self._hub.handlers().lookup(type(module))
-        return hv.specialize(spec.handler, module) if spec is not None else None
-
-    def _rule_for(self, func: Any) -> Optional[Callable]:
-        cache = self.__dict__.setdefault("_rule_cache", {})
-        if func in cache:
-            return cache[func]
-        rules = self._hub.op_rules()
-        name = func._schema.name
-        spec = rules.get(f"{name}.{func._overloadname}") or rules.get(name)
-        cache[func] = spec.rule if spec is not None else None
-        return cache[func]
-
-    def _link_shared_parameters(self, model: nn.Module, recorder: Recorder) -> None:
-        """Tied weights: the slots that index the same tensor dim are one channel space."""
-        owners: Dict[int, List[Tuple[nn.Module, str]]] = collections.defaultdict(list)
-        for module in model.modules():
-            for attr, param in module.named_parameters(recurse=False):
-                owners[id(param)].append((module, attr))
-        self._shared_params = [group for group in owners.values() if len(group) > 1]
-        if not self._shared_params:
-            return
-        index: Dict[Tuple[int, int], List[Slot]] = collections.defaultdict(list)
-        for slots in recorder.module_slots.values():
-            for slot in slots:
-                for tensor, dim, to_channels in hv.channel_params(slot.handler, slot.target.owner, slot.kind):
-                    if id(tensor) in owners and len(owners[id(tensor)]) > 1:
-                        if to_channels is None:
-                            index[(id(tensor), dim)].append(slot)
-                        else:
-                            recorder.space.freeze(slot.expr, f"{slot.describe()} shares a tensor in a regrouped layout")
-        for slots in index.values():
-            for other in slots[1:]:
-                try:
-                    recorder.space.unify(slots[0].expr, other.expr)
-                except Exception:
-                    recorder.space.freeze(slots[0].expr, "tied weights with different shapes")
-                    recorder.space.freeze(other.expr, "tied weights with different shapes")
-
-    def _freeze_unlinked(self, recorder: Recorder) -> None:
-        for slot in recorder.slots:
-            if not slot.linked:
-                recorder.space.freeze(slot.expr, f"{slot.describe()} ({slot.kind}) is not connected to any traced tensor")
-
-    # -- lookups ------------------------------------------------------------------
+    # -- collaborators' shared state --------------------------------------------------
     @property
-    def _index(self) -> _Index:
-        if self._recorder is None:
+    def traced(self) -> TracedModel:
+        if self._traced is None:
             raise GraphError("call build_dependency(model, example_inputs) first")
-        if self._index_cache is None:
-            self._index_cache = _Index(self._recorder)
-        return self._index_cache
+        return self._traced
+
+    @property
+    def index(self) -> ChannelIndex:
+        """The channel index of the current trace (rebuilt after structure changes)."""
+        if self._index is None:
+            self._index = ChannelIndex(self.traced.recorder)
+        return self._index
+
+    def _invalidate_index(self) -> None:
+        self._index = None
+
+    def name_of(self, module: Any) -> str:
+        """The qualified name of a module of the traced model ("" for the model itself)."""
+        return self.traced.name_of(module)
+
+    @property
+    def head_atoms(self) -> Set[Atom]:
+        return self.structure.head_atoms
 
     @property
     def unsupported_ops(self) -> List[UnsupportedOp]:
         """Operators without a rule (their dimensions were frozen), with where they ran."""
-        return list(self._recorder.unsupported) if self._recorder else []
+        return list(self._traced.recorder.unsupported) if self._traced else []
 
+    # -- groups -------------------------------------------------------------------------
+    def make_group(self, selections: Sequence[Selection], root: Slot) -> Group:
+        return Group(self.index, self.remover, selections, root)
+
+    def get_all_groups(self, ignored_layers: Sequence[Any] = (), root_module_types: Any = DEFAULT_ROOTS,
+                       validate: Optional[bool] = None) -> Iterator[Group]:
+        """Yield each group of coupled channels once, rooted at a layer of ``root_module_types``.
+
+        The default roots are the layers whose handler declares ``default_root`` (convolutions,
+        linear layers and RNNs). With ``root_module_types=None`` (the pruners' default) every
+        layer with a handler that is not coupled (BatchNorm-like) is a root, and so is the weight
+        of a layer that code applied directly (``F.linear(x, qkv.weight)``).
+
+        Channels of ignored layers' outputs (and ignored parameters) are never included; their
+        inputs follow their producers. A group's ``idxs`` cover all its channels; call
+        ``group.prune(idxs=...)`` to remove some.
+        """
+        check = validate if validate is not None else self.finder.validate_by_default
+        return self.finder.all_groups(ignored_layers, root_module_types, check)
+
+    def validate_groups(self, protected: Set[Atom] = frozenset()) -> Dict[Atom, str]:
+        """Freeze every candidate group whose removal breaks a trial forward pass; return them with reasons."""
+        return self.finder.validate(protected)
+
+    def protected_atoms(self, ignored: Sequence[Any]) -> Set[Atom]:
+        return self.finder.protected_atoms(ignored)
+
+    def get_pruning_group(self, module: Any, pruning_fn: Callable, idxs: Sequence[int]) -> Group:
+        """The group that removing channels ``idxs`` of ``module`` (via ``pruning_fn``) implies.
+
+        Asked for explicitly, channels that reach a model output (a classifier's classes) are
+        given too; pruners and ``get_all_groups`` never include them.
+        """
+        slot = self.slots.side_slot(module, _side_of(pruning_fn))
+        return self.make_group(self.index.selections_for(slot, idxs, explicit=True), slot)
+
+    def check_pruning_group(self, group: Group) -> bool:
+        """False when the group would leave some layer with no channels, or (with validation on)
+        when removing its channels breaks a trial forward pass on a weightless copy."""
+        return self.finder.check(group)
+
+    # -- structure ------------------------------------------------------------------------
+    def channel_structure(self, name: str, side: str = "out") -> List[int]:
+        """Current sizes of the product factors of a layer's channels, outermost first (see
+        :meth:`ChannelStructure.channel_structure`)."""
+        return self.structure.channel_structure(name, side)
+
+    def set_channel_structure(self, module: nn.Module, groups: int, side: str = "out",
+                              prunable_groups: bool = False, prunable_within: bool = True,
+                              group_size: Optional[int] = None) -> bool:
+        """Declare that a module's channels on ``side`` are ``groups`` equal blocks (heads)."""
+        return self.structure.set_channel_structure(module, groups, side, prunable_groups, prunable_within,
+                                                    group_size)
+
+    def protect(self, targets: Iterable[Any], reason: str = "ignored by the user") -> None:
+        """Never prune the output channels of these modules (or the dims of these parameters)."""
+        self.structure.protect(targets, reason)
+
+    def freeze(self, atoms: Iterable[Atom], reason: str) -> None:
+        """Never prune these atoms again (for example after they broke a verification pass)."""
+        self.structure.freeze(atoms, reason)
+
+    # -- layers ---------------------------------------------------------------------------
     def module_slots(self, module: nn.Module) -> Tuple[Slot, Slot]:
         """The (input, output) slots of a handled module that ran during tracing."""
-        recorder = self._recorder
-        if recorder is None:
-            raise GraphError("call build_dependency(model, example_inputs) first")
-        found = recorder.module_slots.get(id(module))
-        if found is not None:
-            return found
-        name = self._module_names.get(id(module))
-        if name is None:
-            raise ConfigurationError(f"{type(module).__name__} is not part of the traced model")
-        if id(module) not in recorder.handlers and self._resolve_handler(module) is None:
-            raise self.no_handler_error(module, name)
-        raise GraphError(f"{name} ({type(module).__name__}) was not called as a module during tracing (its forward "
-                         "did not run, though its parameters may have been used directly), so it has no channels "
-                         "of its own to prune")
+        return self.slots.module_slots(module)
 
     def ran_as_module(self, module: nn.Module) -> bool:
-        """Whether ``module``'s forward ran during tracing (not only its parameters used by other code)."""
-        return self._recorder is not None and id(module) in self._recorder.module_slots
-
-    def _channel_slot(self, module: nn.Module, side: str) -> Slot:
-        """The slot holding a layer's channels on ``side``: its module slot, or, when code applied its
-        weight directly (``F.linear(x, qkv.weight)``), the weight's dim (0 for out, 1 for in)."""
-        if self._recorder is not None and not self.ran_as_module(module):
-            dim = 0 if side == "out" else 1
-            for slot in self._recorder.slots:
-                if slot.is_param and slot.dim == dim and slot.target.owner is module and slot.target.attr == "weight":
-                    return slot
-        in_slot, out_slot = self.module_slots(module)
-        return out_slot if side == "out" else in_slot
+        return self._traced is not None and self.slots.ran_as_module(module)
 
     def has_channels(self, module: nn.Module, side: str = "out") -> bool:
         """Whether tracing saw ``module``'s channels on ``side``: it ran, or its weight was used directly."""
-        try:
-            self._channel_slot(module, side)
-        except (GraphError, ConfigurationError, NoHandlerError):
-            return False
-        return True
-
-    def no_handler_error(self, module: nn.Module, name: Optional[str] = None) -> NoHandlerError:
-        name = name or self._module_names.get(id(module), type(module).__name__)
-        hint = self._hub.missing_handler_hint(module) if self._hub else None
-        return NoHandlerError(
-            f"no handler for {name} ({type(module).__name__}). " +
-            (hint + ". " if hint else "") +
-            "Register one with a plugin (hook register_layer_handlers) or pass "
-            f"customized_pruners={{{type(module).__name__}: handler}}")
+        return self.slots.has_channels(module, side)
 
     def get_pruner_of_module(self, module: nn.Module) -> Any:
-        return self._resolve_handler(module) if self._hub else None
+        return self._traced.resolver.handler_of(module) if self._traced else None
 
     def get_out_channels(self, module: nn.Module) -> Optional[int]:
         handler = self.get_pruner_of_module(module)
@@ -362,74 +213,53 @@ class DependencyGraph(GroupingMixin, ChannelStructureMixin, PruningMixin):
     def is_in_channel_pruning_fn(self, fn: Callable) -> bool:
         return getattr(fn, "__name__", "").endswith("in_channels")
 
-    def _slot_for(self, target: Any, pruning_fn: Callable) -> Slot:
-        if self.is_out_channel_pruning_fn(pruning_fn):
-            side = "out"
-        elif self.is_in_channel_pruning_fn(pruning_fn):
-            side = "in"
-        else:
-            raise ConfigurationError(
-                f"pruning_fn must be a prune_out_channels/prune_in_channels function, got {pruning_fn!r}")
-        if isinstance(target, torch.Tensor):
-            slots = self._recorder.param_slots.get(id(target)) if self._recorder else None
-            if not slots:
-                raise ConfigurationError("this tensor is not a parameter used during tracing")
-            dim = 0 if side == "out" else 1
-            for slot in slots:
-                if slot.dim == dim:
-                    return slot
-            raise ConfigurationError(f"parameter has no prunable dim {dim}")
-        if not isinstance(target, nn.Module):
-            raise ConfigurationError(f"expected a module or parameter, got {type(target).__name__}")
-        in_slot, out_slot = self.module_slots(target)
-        if side == "in" and hv.is_coupled(in_slot.handler):
-            return out_slot
-        return out_slot if side == "out" else in_slot
+    # -- pruning, undo and history -----------------------------------------------------------
+    def transaction(self, step: bool = False) -> "contextlib.AbstractContextManager[Transaction]":
+        """``with DG.transaction():`` every change inside (modules, channel bookkeeping, history, objects
+        fix-ups track) is undone if the block raises, or by calling ``rollback()`` on the transaction.
 
-    # -- reporting ----------------------------------------------------------------------
+        With ``step=True`` the block is one pruning step: groups pruned inside do not notify plugins
+        one by one; call :meth:`end_step` once they are all removed.
+        """
+        return self.transactions.open(self.traced.lookup.values(), self.traced.recorder.space.atoms, self.history,
+                                      step=step)
+
+    def end_step(self) -> None:
+        """Notify plugins (``after_step``) that the current step's channels are all removed."""
+        self.remover.end_step()
+
+    def remember(self, obj: Any) -> None:
+        """For fix-ups: remember ``obj``'s attributes before editing them, so an undone step restores them."""
+        self.transactions.track(obj)
+
+    def verify(self) -> Optional[str]:
+        """Run the example inputs through the model; return why it failed, or None if outputs keep their shapes."""
+        from .validate import verify_forward
+
+        return verify_forward(self.traced)
+
+    def replay(self, history: Sequence[Dict[str, Any]]) -> None:
+        """Apply a recorded pruning history (``DG.history``) to this graph's model, in order.
+
+        Use it on a freshly built copy of the unpruned model to rebuild a pruned one.
+        """
+        self.remover.replay(history, self.slots)
+
+    load_pruning_history = replay
+
+    def pruning_history(self) -> List[Dict[str, Any]]:
+        """Everything removed so far, in order; JSON-friendly (give it to ``load_pruning_history``)."""
+        return [dict(entry) for entry in self.history]
+
     def frozen_reasons(self) -> Dict[str, List[str]]:
         """For each module slot with fixed channels, why they are fixed (for ``inspect``)."""
-        out: Dict[str, List[str]] = {}
-        for slot in self._recorder.slots:
-            notes: List[str] = []
-            for atom in self._index.slot_atoms.get(slot.serial, []):
-                if not atom.prunable:
-                    notes.extend(n for n in atom.notes if n not in notes)
-            if notes:
-                out[f"{slot.describe()} [{slot.kind}]"] = notes
-        return out
+        return self.structure.frozen_reasons()
 
 
-def _repeated_in_product(expr: Any) -> Set[Atom]:
-    """Atoms that occur in two factors of one product (ambiguous coordinates)."""
-    from .dims import Cat, Prod
-
-    found: Set[Atom] = set()
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if type(node) is Prod:
-            seen: Set[Atom] = set()
-            for factor in node.factors:
-                inner = set(leaves(factor))
-                found |= seen & inner
-                seen |= inner
-            stack.extend(node.factors)
-        elif type(node) is Cat:
-            stack.extend(node.parts)
-    return found
-
-
-def _make_forward(forward_fn: Optional[Callable[[nn.Module, Any], Any]],
-                  output_transform: Optional[Callable[[Any], Any]]) -> Callable[[nn.Module, Any], Any]:
-    def forward(model: nn.Module, inputs: Any) -> Any:
-        if forward_fn is not None:
-            output = forward_fn(model, inputs)
-        elif isinstance(inputs, dict):
-            output = model(**inputs)
-        elif isinstance(inputs, (list, tuple)):
-            output = model(*inputs)
-        else:
-            output = model(inputs)
-        return output_transform(output) if output_transform is not None else output
-    return forward
+def _side_of(pruning_fn: Callable) -> str:
+    name = getattr(pruning_fn, "__name__", "")
+    if name.endswith("out_channels"):
+        return "out"
+    if name.endswith("in_channels"):
+        return "in"
+    raise ConfigurationError(f"pruning_fn must be a prune_out_channels/prune_in_channels function, got {pruning_fn!r}")

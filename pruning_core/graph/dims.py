@@ -22,156 +22,21 @@ Atoms carry flags saying whether pruning them is allowed:
 
 * ``FROZEN``: the size is fixed: by data (model inputs, outputs, indexing), by
   an ignored layer, or by a structure that keeps whole heads or head dims.
+* ``OUTPUT``: the channels reach a model output; kept by pruners and
+  ``get_all_groups``, pruned only when a user asks for them explicitly.
 * ``STRUCTURED``: the size is written in code (a ``view`` into heads, a
   constant split); prunable only when a hint unlocks it (``UNLOCKED``).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Tuple
 
-import torch
+from .expr import (FROZEN, ONE, OUTPUT, STICKY, STRUCTURED, UNLOCKED, Atom, Cat, DataDependentDimError, DimError,
+                   Expr, Prod, _offsets, _same, current_size, leaves, resolve)
 
-FROZEN = 1
-STRUCTURED = 2
-UNLOCKED = 4
-
-
-class DimError(Exception):
-    """Two expressions cannot be made to describe the same index space."""
-
-
-class DataDependentDimError(DimError):
-    """An op's output size depends on the values in its input (a boolean mask), not on its shapes."""
-
-
-class Atom:
-    """An indivisible dimension; union-find node."""
-
-    __slots__ = ("serial", "size", "parent", "flags", "definition", "notes", "alive")
-
-    def __init__(self, serial: int, size: int, flags: int = 0, note: Optional[str] = None) -> None:
-        self.serial = serial
-        self.size = size
-        self.parent: Optional[Atom] = None
-        self.flags = flags
-        self.definition: Optional[Expr] = None
-        self.notes: List[str] = [note] if note else []
-        self.alive: Optional[torch.Tensor] = None  # set once pruning starts
-
-    def find(self) -> "Atom":
-        root = self
-        while root.parent is not None:
-            root = root.parent
-        node = self
-        while node.parent is not None and node.parent is not root:
-            node.parent, node = root, node.parent
-        return root
-
-    @property
-    def prunable(self) -> bool:
-        flags = self.flags
-        return not (flags & FROZEN) and (not (flags & STRUCTURED) or bool(flags & UNLOCKED)) and self.size > 1
-
-    @property
-    def current_size(self) -> int:
-        return self.size if self.alive is None else int(self.alive.sum())
-
-    def __repr__(self) -> str:
-        tags = "".join(t for f, t in ((FROZEN, "F"), (STRUCTURED, "S"), (UNLOCKED, "U")) if self.flags & f)
-        return f"a{self.serial}[{self.size}{':' + tags if tags else ''}]"
-
-
-class Prod:
-    """Row-major product of expressions: the first factor is the outermost."""
-
-    __slots__ = ("factors", "size", "_leafset")
-
-    def __init__(self, factors: Sequence["Expr"]) -> None:
-        self.factors = tuple(factors)
-        self.size = math.prod(f.size for f in self.factors)
-        self._leafset: Optional[frozenset] = None
-
-    def __repr__(self) -> str:
-        return "(" + "*".join(map(repr, self.factors)) + ")" if self.factors else "1"
-
-
-class Cat:
-    """Concatenation of expressions, in order."""
-
-    __slots__ = ("parts", "size", "_leafset")
-
-    def __init__(self, parts: Sequence["Expr"]) -> None:
-        self.parts = tuple(parts)
-        self.size = sum(p.size for p in self.parts)
-        self._leafset: Optional[frozenset] = None
-
-    def __repr__(self) -> str:
-        return "[" + "|".join(map(repr, self.parts)) + "]"
-
-
-Expr = Union[Atom, Prod, Cat]
-ONE = Prod(())
-
-
-def resolve(expr: Expr) -> Expr:
-    """Canonical form: atoms replaced by their roots or definitions, nesting flattened."""
-    kind = type(expr)
-    if kind is Atom:
-        root = expr.find()
-        if root.definition is not None:
-            return resolve(root.definition)
-        return root
-    if kind is Prod:
-        factors: List[Expr] = []
-        for factor in expr.factors:
-            factor = resolve(factor)
-            if type(factor) is Prod:
-                factors.extend(factor.factors)
-            elif factor.size != 1:
-                factors.append(factor)
-        if not factors:
-            return ONE
-        return factors[0] if len(factors) == 1 else Prod(factors)
-    parts: List[Expr] = []
-    for part in expr.parts:
-        part = resolve(part)
-        if type(part) is Cat:
-            parts.extend(part.parts)
-        elif part.size != 0:
-            parts.append(part)
-    if len(parts) == 1:
-        return parts[0]
-    return Cat(parts)
-
-
-def leaves(expr: Expr) -> List[Atom]:
-    """The leaf atoms of ``expr``, in order of appearance, with repeats."""
-    out: List[Atom] = []
-    stack = [resolve(expr)]
-    while stack:
-        node = stack.pop()
-        kind = type(node)
-        if kind is Atom:
-            out.append(node)
-        elif kind is Prod:
-            stack.extend(reversed(node.factors))
-        else:
-            stack.extend(reversed(node.parts))
-    return out
-
-
-def _same(a: Expr, b: Expr) -> bool:
-    if a is b:
-        return True
-    if type(a) is not type(b) or a.size != b.size:
-        return False
-    if type(a) is Atom:
-        return False
-    ca = a.factors if type(a) is Prod else a.parts
-    cb = b.factors if type(b) is Prod else b.parts
-    return len(ca) == len(cb) and all(_same(x, y) for x, y in zip(ca, cb))
+__all__ = ["FROZEN", "STRUCTURED", "UNLOCKED", "OUTPUT", "ONE", "Atom", "Prod", "Cat", "Expr", "DimError",
+           "DataDependentDimError", "DimSpace", "resolve", "leaves", "current_size"]
 
 
 class DimSpace:
@@ -249,8 +114,8 @@ class DimSpace:
             self._push_flags(a)
 
     def _push_flags(self, root: Atom) -> None:
-        if root.definition is not None and root.flags & (FROZEN | STRUCTURED):
-            self.mark(root.definition, root.flags & (FROZEN | STRUCTURED), root.notes[0] if root.notes else None)
+        if root.definition is not None and root.flags & STICKY:
+            self.mark(root.definition, root.flags & STICKY, root.notes[0] if root.notes else None)
 
     def _define(self, atom: Atom, expr: Expr) -> None:
         if any(leaf is atom for leaf in leaves(expr)):
@@ -317,8 +182,8 @@ class DimSpace:
             raise DimError(f"cannot split {n} at {k}")
         kind = type(expr)
         if kind is Atom:
-            left = self.atom(k, expr.flags & (FROZEN | STRUCTURED))
-            right = self.atom(n - k, expr.flags & (FROZEN | STRUCTURED))
+            left = self.atom(k, expr.flags & STICKY)
+            right = self.atom(n - k, expr.flags & STICKY)
             if expr.notes:
                 self.mark(Cat((left, right)), 0, expr.notes[0])
             self._define(expr, Cat((left, right)))
@@ -354,7 +219,7 @@ class DimSpace:
         inner_size = n // outer_size
         kind = type(expr)
         if kind is Atom:
-            flags = expr.flags & (FROZEN | STRUCTURED)
+            flags = expr.flags & STICKY
             outer = self.atom(outer_size, flags)
             inner = self.atom(inner_size, flags)
             self._define(expr, Prod((outer, inner)))
@@ -392,83 +257,3 @@ class DimSpace:
     def leaf_atoms(self) -> List[Atom]:
         """Every current leaf atom (a root without definition)."""
         return [a for a in self.atoms if a.parent is None and a.definition is None]
-
-
-def _offsets(expr: Expr) -> List[int]:
-    expr = resolve(expr)
-    if type(expr) is not Cat:
-        return []
-    out, acc = [], 0
-    for part in expr.parts[:-1]:
-        acc += part.size
-        out.append(acc)
-    return out
-
-
-def current_size(expr: Expr) -> int:
-    """Size of a resolved expression after the pruning applied so far."""
-    kind = type(expr)
-    if kind is Atom:
-        return expr.current_size
-    if kind is Prod:
-        return math.prod(current_size(f) for f in expr.factors)
-    return sum(current_size(p) for p in expr.parts)
-
-
-def contains(expr: Expr, target: Atom) -> bool:
-    """Whether ``target`` is a leaf of the resolved expression ``expr`` (cached per expression)."""
-    if type(expr) is Atom:
-        return expr is target
-    if expr._leafset is None:
-        expr._leafset = frozenset(leaves(expr))
-    return target in expr._leafset
-
-
-def coords(expr: Expr, target: Atom) -> torch.Tensor:
-    """For each current position of resolved ``expr``, its current coordinate along ``target`` (or -1)."""
-    kind = type(expr)
-    if kind is Atom:
-        n = expr.current_size
-        if expr is target:
-            return torch.arange(n)
-        return torch.full((n,), -1, dtype=torch.long)
-    if kind is Cat:
-        pieces: List[torch.Tensor] = []
-        gap = 0  # positions of parts without the target, emitted as one run of -1
-        for part in expr.parts:
-            if contains(part, target):
-                if gap:
-                    pieces.append(torch.full((gap,), -1, dtype=torch.long))
-                    gap = 0
-                pieces.append(coords(part, target))
-            else:
-                gap += current_size(part)
-        if gap or not pieces:
-            pieces.append(torch.full((gap,), -1, dtype=torch.long))
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-    sizes = [current_size(f) for f in expr.factors]
-    for index, factor in enumerate(expr.factors):
-        if contains(factor, target):
-            inner = coords(factor, target)
-            shape = [1] * len(sizes)
-            shape[index] = sizes[index]
-            return inner.view(shape).expand(sizes).reshape(-1)
-    return torch.full((math.prod(sizes),), -1, dtype=torch.long)
-
-
-def atom_offsets(expr: Expr, target: Atom) -> Optional[List[int]]:
-    """Where ``target`` sits in ``expr`` when it appears only as whole parts of a concatenation
-    (or is the expression itself): the current offsets of those parts. ``None`` otherwise."""
-    if expr is target:
-        return [0]
-    if type(expr) is not Cat:
-        return None
-    offsets: List[int] = []
-    offset = 0
-    for part in expr.parts:
-        if part is target:
-            offsets.append(offset)
-        elif contains(part, target):
-            return None
-        offset += current_size(part)
-    return offsets

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optiona
 
 import torch
 
+from ..errors import GraphError, InvalidIndicesError
 from .dims import Atom
 from .slots import Slot
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .depgraph import DependencyGraph
+    from .index import ChannelIndex
+    from .removal import ChannelRemover
 
 
 def _describe(slot: Slot) -> str:
@@ -31,12 +33,20 @@ def _describe(slot: Slot) -> str:
 
 
 def slot_handler(slot: Slot) -> Any:
-    """The pruning function shown for a slot: ``handler.prune_out_channels`` and friends."""
-    from ..builtin.handlers.parameter import prune_parameter_handler
+    """The pruning function shown for a slot: ``handler.prune_out_channels`` and friends.
 
+    A raw tensor's slot shows the handler registered for its tensor type (the built-in
+    parameter pruner), dim 0 as "out" and other dims as "in".
+    """
+    if slot.handler is None:
+        return None
     if slot.is_param:
-        return prune_parameter_handler.prune_out_channels if slot.dim == 0 else prune_parameter_handler.prune_in_channels
+        return slot.handler.prune_out_channels if slot.dim == 0 else slot.handler.prune_in_channels
     return slot.handler.prune_out_channels if slot.kind == "out" else slot.handler.prune_in_channels
+
+
+def _function_name(fn: Any) -> str:
+    return getattr(fn, "__name__", "prune")
 
 
 class Dependency:
@@ -74,8 +84,8 @@ class Dependency:
         return self.slot is not self.source_slot
 
     def __repr__(self) -> str:
-        return (f"{self.trigger.__name__} on {_describe(self.source_slot)} => "
-                f"{self.handler.__name__} on {_describe(self.slot)}")
+        return (f"{_function_name(self.trigger)} on {_describe(self.source_slot)} => "
+                f"{_function_name(self.handler)} on {_describe(self.slot)}")
 
 
 class GroupItem(NamedTuple):
@@ -86,11 +96,19 @@ class GroupItem(NamedTuple):
 
 
 class Group:
-    """Coupled channels of several layers; ``prune()`` removes them everywhere at once."""
+    """Coupled channels of several layers; ``prune()`` removes them everywhere at once.
 
-    def __init__(self, graph: "DependencyGraph", selections: Sequence[Tuple[Atom, torch.Tensor]],
-                 root: Slot) -> None:
-        self._graph = graph
+    :param index: the graph's :class:`~pruning_core.graph.index.ChannelIndex`, which maps
+        the group's channels to positions in each member.
+    :param remover: what removes channels from the model (``prune``).
+    :param selections: ``(atom, elements)`` pairs: the coupled channels of the group.
+    :param root: the slot the group is rooted at (the layer it was asked for).
+    """
+
+    def __init__(self, index: "ChannelIndex", remover: Optional["ChannelRemover"],
+                 selections: Sequence[Tuple[Atom, torch.Tensor]], root: Slot) -> None:
+        self.index = index
+        self.remover = remover
         self.selections = [(atom, elems) for atom, elems in selections]
         self.root_slot = root
         self._items: Optional[List[GroupItem]] = None
@@ -106,14 +124,14 @@ class Group:
     def positions(self) -> Dict[int, torch.Tensor]:
         """Slot serial -> sorted positions to remove there (current coordinates)."""
         if self._positions is None:
-            self._positions = self._graph._positions_for(self.selections)
+            self._positions = self.index.positions_for(self.selections)
         return self._positions
 
     @property
     def items(self) -> List[GroupItem]:
         if self._items is None:
             positions = self.positions()
-            order = self._graph._member_order(self.root_slot, self.atoms, set(positions))
+            order = self.index.member_order(self.root_slot, self.atoms, set(positions))
             self._items = [GroupItem(Dependency(slot, source), positions[slot.serial].tolist())
                            for slot, source in order]
         return self._items
@@ -140,8 +158,6 @@ class Group:
         """
         wanted = sorted(set(int(c) for c in channels))
         if wanted and (wanted[0] < 0 or wanted[-1] >= self.num_channels):
-            from ..errors import InvalidIndicesError
-
             raise InvalidIndicesError(f"channel indices must be in 0..{self.num_channels - 1}, got {wanted}")
         chosen, offset = [], 0
         for atom, elems in self.selections:
@@ -149,7 +165,7 @@ class Group:
             if local:
                 chosen.append((atom, elems[torch.tensor(local, dtype=torch.long)]))
             offset += elems.numel()
-        return Group(self._graph, chosen, self.root_slot)
+        return Group(self.index, self.remover, chosen, self.root_slot)
 
     @property
     def root_idxs(self) -> List[int]:
@@ -169,12 +185,13 @@ class Group:
         and :class:`pruning_core.PruneFailedError` names the one that failed.
         """
         if idxs is None and any(atom.alive is not state for (atom, _), state in zip(self.selections, self._states)):
-            from ..errors import GraphError
-
             raise GraphError("these channels were pruned since this group was made; get a fresh group "
                              "(handle groups one at a time, do not keep them in a list)")
-        selections = self.selections if idxs is None else self._graph._selections_for(self.root_slot, idxs)
-        self._graph._prune_selections(selections, self.root_slot)
+        if self.remover is None:
+            raise GraphError("this group was made for scoring only; get it from a DependencyGraph to prune it")
+        selections = self.selections if idxs is None else \
+            self.index.selections_for(self.root_slot, idxs, explicit=True)
+        self.remover.prune(selections, self.root_slot)
 
     def soft_prune(self, idxs: Optional[Sequence[int]] = None) -> None:
         """Zero the parameters of the group's channels instead of removing them.
@@ -184,10 +201,10 @@ class Group:
         """
         from .channels import slot_params, zero_positions
 
-        selections = self.selections if idxs is None else self._graph._selections_for(self.root_slot, idxs)
-        slots = {s.serial: s for s in self._graph._recorder.slots}
-        for serial, positions in self._graph._positions_for(selections).items():
-            for tensor, dim, to_channels in slot_params(slots[serial]):
+        selections = self.selections if idxs is None else \
+            self.index.selections_for(self.root_slot, idxs, explicit=True)
+        for serial, positions in self.index.positions_for(selections).items():
+            for tensor, dim, to_channels in slot_params(self.index.slot(serial)):
                 zero_positions(tensor, dim, to_channels, positions)
 
     def __str__(self) -> str:

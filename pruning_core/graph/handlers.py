@@ -67,13 +67,9 @@ def channel_groups(handler: Any, layer: Any) -> int:
     return int(fn(layer)) if callable(fn) else 1
 
 
-def channel_divisor(handler: Any, layer: Any) -> int:
-    """The layer needs its channel count to stay a multiple of this."""
-    fn = getattr(handler, "channel_divisor", None)
-    return int(fn(layer)) if callable(fn) else 1
-
-
-def _infer_dim(handler: Any, layer: Any, tensor: torch.Tensor, size: int, side: str, qualname: str) -> Optional[int]:
+def infer_channel_dim(handler: Any, layer: Any, tensor: torch.Tensor, size: int, side: str,
+                      qualname: str) -> Optional[int]:
+    """The dim of ``tensor`` that holds ``size`` channels of ``layer`` on ``side``, or None if none does."""
     fn = getattr(handler, "channel_dim", None)
     if callable(fn):
         dim = fn(layer, tensor, side)
@@ -96,24 +92,56 @@ def _infer_dim(handler: Any, layer: Any, tensor: torch.Tensor, size: int, side: 
     )
 
 
+def declares_links(handler: Any) -> bool:
+    """Whether the handler says itself which tensors carry its channels (``tensor_channel_dims``)."""
+    return callable(getattr(handler, "tensor_channel_dims", None))
+
+
 def tensor_links(handler: Any, layer: Any, inputs: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor],
-                 qualname: str) -> Tuple[List[TensorLink], List[TensorLink]]:
-    """Which call inputs carry the input channels and which outputs carry the output channels."""
+                 qualname: str, sizes: Optional[Tuple[int, int]] = None) -> Tuple[List[TensorLink], List[TensorLink]]:
+    """Which call inputs carry the input channels and which outputs carry the output channels.
+
+    ``sizes`` (input, output channel counts) overrides what the handler reports.
+    """
     fn = getattr(handler, "tensor_channel_dims", None)
     if callable(fn):
         ins, outs = fn(layer, inputs, outputs)
         return [TensorLink(*link) for link in ins], [TensorLink(*link) for link in outs]
+    n_in, n_out = sizes if sizes is not None else (None, None)
     ins: List[TensorLink] = []
     outs: List[TensorLink] = []
     if inputs:
-        dim = _infer_dim(handler, layer, inputs[0], int(handler.get_in_channels(layer)), "in", qualname)
+        size = n_in if n_in is not None else int(handler.get_in_channels(layer))
+        dim = infer_channel_dim(handler, layer, inputs[0], size, "in", qualname)
         if dim is not None:
             ins.append(TensorLink(0, dim))
     if outputs:
-        dim = _infer_dim(handler, layer, outputs[0], int(handler.get_out_channels(layer)), "out", qualname)
+        size = n_out if n_out is not None else int(handler.get_out_channels(layer))
+        dim = infer_channel_dim(handler, layer, outputs[0], size, "out", qualname)
         if dim is not None:
             outs.append(TensorLink(0, dim))
     return ins, outs
+
+
+def likely_channel_dim(handler: Any, layer: Any, tensor: torch.Tensor, side: str) -> int:
+    """A best guess at the channel dim of ``tensor`` when the handler's sizes cannot be trusted.
+
+    The handler's ``channel_dim`` if it has one; else a dim matching a dim of the layer's
+    weight; else dim 1 of a batched feature map, the last dim otherwise.
+    """
+    fn = getattr(handler, "channel_dim", None)
+    if callable(fn):
+        dim = fn(layer, tensor, side)
+        if dim is not None:
+            return dim % max(tensor.ndim, 1)
+    weight = next((p for p in layer.parameters(recurse=False) if p.ndim >= 1), None) if hasattr(layer, "parameters") \
+        else None
+    if weight is not None:
+        wanted = weight.shape[0] if side == "out" or weight.ndim == 1 else weight.shape[1]
+        for dim in range(tensor.ndim - 1, 0 if tensor.ndim > 1 else -1, -1):
+            if tensor.shape[dim] == wanted:
+                return dim
+    return 1 if tensor.ndim >= 3 else max(tensor.ndim - 1, 0)
 
 
 def channel_params(handler: Any, layer: Any, side: str) -> List[ChannelParam]:

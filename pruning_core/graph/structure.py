@@ -1,23 +1,31 @@
-"""Declared channel structure (heads, equal blocks) and protection of a traced graph's channels.
-
-Mixed into :class:`~pruning_core.graph.depgraph.DependencyGraph`; it uses the graph's recorder,
-index and module lookups.
-"""
+"""Declared channel structure (heads, equal blocks) and protection of a traced graph's channels."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
-import torch
 from torch import nn
 
 from ..errors import ConfigurationError
-from .dims import FROZEN, UNLOCKED, Cat, DimError, current_size, leaves, resolve
-from .slots import Slot
+from .build import TracedModel
+from .dims import FROZEN, UNLOCKED, Atom, Cat, DimError, Prod, current_size, leaves, resolve
+from .index import ChannelIndex
+from .lookup import SlotLookup
 
 
-class ChannelStructureMixin:
-    """``channel_structure``, ``set_channel_structure`` and ``protect``."""
+class ChannelStructure:
+    """``channel_structure``, ``set_channel_structure`` and ``protect``.
+
+    Declaring structure refines atoms, so it calls ``invalidate`` to have the index rebuilt.
+    """
+
+    def __init__(self, traced: TracedModel, index: Callable[[], ChannelIndex], slots: SlotLookup,
+                 invalidate: Callable[[], None]) -> None:
+        self.traced = traced
+        self._index = index
+        self.slots = slots
+        self._invalidate = invalidate
+        self.head_atoms: Set[Atom] = set()
 
     def channel_structure(self, name: str, side: str = "out") -> List[int]:
         """Current sizes of the product factors of a layer's channels, outermost first.
@@ -26,10 +34,10 @@ class ChannelStructureMixin:
         ``[kv_heads, queries_per_kv, head_size]`` with grouped-query attention, or
         ``[3, heads, head_size]`` for a fused qkv); a plain layer gives ``[channels]``.
         """
-        module = self._lookup.get(name)
+        module = self.traced.lookup.get(name)
         if module is None:
             raise ConfigurationError(f"no module named {name!r} in the traced model")
-        expr = self._index.slot_exprs[self._channel_slot(module, side).serial]
+        expr = self._index().expr(self.slots.channel_slot(module, side))
         if type(expr) is Cat:  # q, k and v joined by a concatenated bias: report them like a fused [3, ...]
             shapes = [self._factor_sizes(part) for part in expr.parts]
             if all(shape == shapes[0] for shape in shapes):
@@ -38,8 +46,6 @@ class ChannelStructureMixin:
 
     @staticmethod
     def _factor_sizes(expr: Any) -> List[int]:
-        from .dims import Prod
-
         expr = resolve(expr)
         factors = expr.factors if type(expr) is Prod else (expr,)
         return [current_size(f) for f in factors]
@@ -56,9 +62,11 @@ class ChannelStructureMixin:
         blocks are declared in each part. Returns whether the structure could
         be applied.
         """
-        slot = self._channel_slot(module, side)
-        space = self._recorder.space
+        slot = self.slots.channel_slot(module, side)
+        space = self.traced.recorder.space
         expr = resolve(slot.expr)
+        if groups == 1:  # one head: nothing to remove whole; its dims may still be pruned alike
+            return self._single_block(expr, slot.describe(), prunable_within, group_size)
         found = _find_group_factor(expr, groups, group_size)
         pairs = [found] if found is not None else []
         if not pairs and type(expr) is Cat and len({current_size(part) for part in expr.parts}) == 1:
@@ -85,26 +93,58 @@ class ChannelStructureMixin:
                 space.mark(inner, UNLOCKED)
             else:
                 space.mark(inner, FROZEN, f"{slot.describe()}: head dims are kept")
-        self._index_cache = None
+        self._invalidate()
+        return True
+
+    def _single_block(self, expr: Any, where: str, prunable_within: bool, group_size: Optional[int]) -> bool:
+        """A structure of one block: the block's own dims (each part's, for q, k and v) follow ``prunable_within``."""
+        parts = expr.parts if type(expr) is Cat and len({current_size(p) for p in expr.parts}) == 1 else (expr,)
+        inners = []
+        for part in parts:
+            part = resolve(part)
+            factors = part.factors if type(part) is Prod else (part,)
+            size = 1
+            for start in range(len(factors) - 1, -1, -1):  # the trailing factors that make one block
+                size *= factors[start].size
+                if group_size is None or size == group_size:
+                    inners.append(resolve(Prod(factors[start:])))
+                    break
+            else:
+                return False
+        space = self.traced.recorder.space
+        for inner in inners:
+            if prunable_within:
+                space.mark(inner, UNLOCKED)
+            else:
+                space.mark(inner, FROZEN, f"{where}: head dims are kept")
+        self._invalidate()
         return True
 
     def protect(self, targets: Iterable[Any], reason: str = "ignored by the user") -> None:
         """Never prune the output channels of these modules (or the dims of these parameters)."""
         for target in targets:
-            for slot in self._protected_slots(target):
-                self._recorder.space.mark(slot.expr, FROZEN, reason)
-        self._index_cache = None
+            for slot in self.slots.protected_slots(target):
+                self.traced.recorder.space.mark(slot.expr, FROZEN, reason)
+        self._invalidate()
 
-    def _protected_slots(self, target: Any) -> List[Slot]:
-        recorder = self._recorder
-        if isinstance(target, torch.Tensor):
-            return list(recorder.param_slots.get(id(target), []))
-        slots = recorder.module_slots.get(id(target))
-        if slots:
-            return [slots[1]]
-        if isinstance(target, nn.Module) and self.has_channels(target):  # its weight was used directly
-            return [self._channel_slot(target, "out")]
-        return []
+    def frozen_reasons(self) -> Dict[str, List[str]]:
+        """For each slot with fixed channels, why they are fixed (for ``inspect``)."""
+        index = self._index()
+        out: Dict[str, List[str]] = {}
+        for slot in self.traced.recorder.slots:
+            notes: List[str] = []
+            for atom in index.atoms_of(slot):
+                if not atom.prunable:
+                    notes.extend(n for n in atom.notes if n not in notes)
+            if notes:
+                out[f"{slot.describe()} [{slot.kind}]"] = notes
+        return out
+
+    def freeze(self, atoms: Iterable[Atom], reason: str) -> None:
+        """Never prune these atoms again (for example after they broke a verification pass)."""
+        for atom in atoms:
+            self.traced.recorder.space.freeze(atom, reason)
+        self._invalidate()
 
 
 def _find_group_factor(expr: Any, groups: int, group_size: Optional[int]) -> Optional[Tuple[Any, Any]]:
@@ -113,8 +153,6 @@ def _find_group_factor(expr: Any, groups: int, group_size: Optional[int]) -> Opt
     With grouped-query attention the heads of a query projection are two
     factors (key/value heads times queries per key/value head).
     """
-    from .dims import Prod
-
     if type(expr) is not Prod:
         return None
     factors = expr.factors

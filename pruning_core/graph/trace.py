@@ -17,27 +17,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from ..errors import GraphError
+from ..errors import GraphError, warn
 from . import handlers as hv
-from .dims import STRUCTURED, Cat, DataDependentDimError, DimError, DimSpace, Expr, Prod, leaves, resolve
+from .dims import OUTPUT, STRUCTURED, Cat, DataDependentDimError, DimError, DimSpace, Expr, Prod, leaves, resolve
+from .opcall import OpCall, is_pointwise, iter_tensors
 from .slots import Slot, Target
-
-
-def iter_tensors(obj: Any, _depth: int = 0) -> Iterator[torch.Tensor]:
-    """Tensors inside ``obj``: tensors, sequences, mappings (``ModelOutput``) and dataclasses."""
-    if _depth > 8:
-        return
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from iter_tensors(item, _depth + 1)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from iter_tensors(item, _depth + 1)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for field in dataclasses.fields(obj):
-            yield from iter_tensors(getattr(obj, field.name, None), _depth + 1)
 
 
 @dataclasses.dataclass
@@ -59,75 +43,6 @@ class UnsupportedOp:
     op: str
     scope: str
     reason: str
-
-
-def _is_pointwise(func: Any) -> bool:
-    """Tagged pointwise, or the in-place form (``relu_``) of a tagged pointwise operator."""
-    if torch.Tag.pointwise in func.tags:
-        return True
-    name = func._schema.name
-    if name.endswith("_") and torch.Tag.inplace in func.tags:
-        packet = getattr(torch.ops.aten, name.split("::", 1)[1][:-1], None)
-        overload = getattr(packet, func._overloadname, None) if packet is not None else None
-        return overload is not None and torch.Tag.pointwise in overload.tags
-    return False
-
-
-class OpCall:
-    """What an op rule sees: one aten call, its tensors and the dimension algebra.
-
-    Rules read inputs with :meth:`dims`, relate them with :meth:`unify`, and
-    must give every tensor output its dimensions with :meth:`set`.
-    """
-
-    __slots__ = ("func", "args", "kwargs", "outputs", "recorder", "_named")
-
-    def __init__(self, func: Any, args: tuple, kwargs: dict, outputs: List[torch.Tensor], recorder: "Recorder") -> None:
-        self.func = func
-        self.args = args
-        self.kwargs = kwargs
-        self.outputs = outputs
-        self.recorder = recorder
-        self._named: Optional[Dict[str, Any]] = None
-
-    @property
-    def name(self) -> str:
-        return self.func._schema.name
-
-    @property
-    def space(self) -> DimSpace:
-        return self.recorder.space
-
-    def arg(self, name: str, default: Any = None) -> Any:
-        """An argument by its schema name (positional or keyword)."""
-        if self._named is None:
-            named: Dict[str, Any] = {}
-            for index, spec in enumerate(self.func._schema.arguments):
-                if index < len(self.args):
-                    named[spec.name] = self.args[index]
-                elif spec.name in self.kwargs:
-                    named[spec.name] = self.kwargs[spec.name]
-            self._named = named
-        value = self._named.get(name, default)
-        return default if value is None else value
-
-    def dims(self, tensor: torch.Tensor) -> List[Expr]:
-        return list(self.recorder.dims_of(tensor))
-
-    def set(self, tensor: torch.Tensor, dims: Sequence[Expr]) -> None:
-        self.recorder.set_dims(tensor, list(dims))
-
-    def unify(self, a: Expr, b: Expr) -> None:
-        self.recorder.space.unify(a, b)
-
-    def new(self, size: int, flags: int = STRUCTURED, note: Optional[str] = None) -> Expr:
-        return self.recorder.space.atom(size, flags, note or f"size set by {self.name}")
-
-    def freeze(self, expr: Expr, note: Optional[str] = None) -> None:
-        self.recorder.space.freeze(expr, note or f"indexed by {self.name}")
-
-    def structure(self, expr: Expr, note: Optional[str] = None) -> None:
-        self.recorder.space.mark(expr, STRUCTURED, note or f"sized in code at {self.name}")
 
 
 _DATA_DEPENDENT_OPS = {"nonzero", "nonzero_static", "masked_select", "unique", "_unique", "_unique2",
@@ -156,6 +71,8 @@ class Recorder:
         self.handled_depth = 0
         self._rule_lookup = rule_lookup
         self._pointwise_rule = pointwise_rule
+        self._resolve_handler = resolve_handler
+        self._tensor_handlers: Dict[type, Any] = {}
         self._pinned: List[torch.Tensor] = []
         self.module_names: Dict[int, str] = {}
         self.handlers: Dict[int, Any] = {}
@@ -233,12 +150,14 @@ class Recorder:
             qualname, module, attr, is_buffer = owner
             dims: List[Expr] = []
             slots: List[Slot] = []
+            if type(tensor) not in self._tensor_handlers:  # shown as dep.handler (prune_parameter_*)
+                self._tensor_handlers[type(tensor)] = self._resolve_handler(tensor)
             for d, size in enumerate(tensor.shape):
                 expr = self.space.atom(size, 0)
                 dims.append(expr)
                 if size > 1:
                     slot = Slot("buffer" if is_buffer else "param", Target(module, qualname, attr),
-                                None, expr, dim=d, serial=len(self.slots))
+                                self._tensor_handlers[type(tensor)], expr, dim=d, serial=len(self.slots))
                     slot.linked = True
                     self.slots.append(slot)
                     slots.append(slot)
@@ -279,7 +198,7 @@ class Recorder:
                 continue
             serials.append(serial)
             for expr in self.tensor_dims[serial]:
-                self.space.freeze(expr, "model output")
+                self.space.mark(expr, OUTPUT, "model output")
         self.nodes.append(Node("output", "output", serials, []))
 
     @property
@@ -295,7 +214,7 @@ class Recorder:
         in_serials = [self.serial_of(t) for t in inputs]
         call = OpCall(func, args, kwargs, outputs, self)
         rule = self._rule_lookup(func)
-        if rule is None and _is_pointwise(func):
+        if rule is None and is_pointwise(func):
             rule = self._pointwise_rule
         op_name = str(func)
         data_dependent = False
@@ -370,12 +289,36 @@ class Recorder:
         self.unsupported.append(UnsupportedOp(op_name, self.current_scope, reason))
 
     # -- handled modules -------------------------------------------------------------
-    def _slots_for(self, module: torch.nn.Module, qualname: str, handler: Any) -> Tuple[Slot, Slot]:
+    def _channel_count(self, handler: Any, module: torch.nn.Module, side: str, tensors: List[torch.Tensor],
+                       qualname: str) -> int:
+        """The handler's channel count for ``side``; the traced tensor's when the handler's is wrong or fails."""
+        getter = handler.get_out_channels if side == "out" else handler.get_in_channels
+        try:
+            reported: Optional[int] = int(getter(module))
+            problem = ""
+        except Exception as exc:
+            reported, problem = None, f"get_{side}_channels raised {type(exc).__name__}: {exc}"
+        tensor = tensors[0] if tensors else None
+        if tensor is None or tensor.ndim == 0 or hv.declares_links(handler) or \
+                (reported is not None and reported in tuple(tensor.shape)):
+            if reported is None:
+                raise GraphError(f"{qualname} ({type(module).__name__}): {problem}")
+            return reported
+        dim = hv.likely_channel_dim(handler, module, tensor, side)
+        actual = int(tensor.shape[dim])
+        warn(f"{qualname} ({type(module).__name__}): handler {hv.handler_name(handler)} "
+             f"{problem or f'reports {reported} {side}put channels'}, but its {side}put tensor has shape "
+             f"{tuple(tensor.shape)}; tracing uses {actual} (dim {dim}). Fix get_{side}_channels, or give the "
+             "handler a channel_dim(layer, tensor, side) method")
+        return actual
+
+    def _slots_for(self, module: torch.nn.Module, qualname: str, handler: Any, inputs: List[torch.Tensor],
+                   outputs: List[torch.Tensor]) -> Tuple[Slot, Slot]:
         found = self.module_slots.get(id(module))
         if found is not None:
             return found
-        n_in = int(handler.get_in_channels(module))
-        n_out = int(handler.get_out_channels(module))
+        n_in = self._channel_count(handler, module, "in", inputs, qualname)
+        n_out = self._channel_count(handler, module, "out", outputs, qualname)
         groups = hv.channel_groups(handler, module)
         coupled = hv.is_coupled(handler)
         space = self.space
@@ -398,8 +341,9 @@ class Recorder:
         handler = self.handlers[id(module)]
         qualname = self.module_names.get(id(module), type(module).__name__)
         in_serials = [self.serial_of(t) for t in inputs]
-        in_slot, out_slot = self._slots_for(module, qualname, handler)
-        in_links, out_links = hv.tensor_links(handler, module, inputs, outputs, qualname)
+        in_slot, out_slot = self._slots_for(module, qualname, handler, inputs, outputs)
+        sizes = (in_slot.expr.size, out_slot.expr.size)
+        in_links, out_links = hv.tensor_links(handler, module, inputs, outputs, qualname, sizes)
         space = self.space
         for link in in_links:
             slot = out_slot if link.side == "out" else in_slot

@@ -11,17 +11,19 @@ One forward pass checks all groups at once; failures are found by bisection.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch import nn
 
+from .build import TracedModel
 from .dims import Atom
-from .meta import to_meta
+from .meta import to_meta, weights_on_meta
+from .removal import ChannelRemover
 from .trace import iter_tensors
+from .transaction import Transaction
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .depgraph import DependencyGraph
+T = TypeVar("T")
 
 REAL_COPY_LIMIT_BYTES = 1 << 30
 
@@ -96,24 +98,67 @@ def shapes_match(reference: Sequence[Tuple[int, ...]], shapes: Sequence[Tuple[in
     return True
 
 
+def bisect_failures(items: Sequence[T], failure: Callable[[Sequence[T]], Optional[str]],
+                    together: Callable[[str], str] = lambda reason: reason) -> List[Tuple[T, str]]:
+    """The items responsible for ``failure(items)`` returning a reason, found by bisection.
+
+    When no smaller part fails on its own, only the combination does: every item is blamed,
+    with ``together(reason)`` as its reason.
+    """
+    reason = failure(items)
+    if reason is None:
+        return []
+    if len(items) == 1:
+        return [(items[0], reason)]
+    mid = len(items) // 2
+    found = bisect_failures(items[:mid], failure, together) + bisect_failures(items[mid:], failure, together)
+    return found or [(item, together(reason)) for item in items]
+
+
+def run_model(traced: TracedModel, model: nn.Module, inputs: Any) -> Any:
+    """One forward pass without gradients, layers whose handler asks for it in eval mode."""
+    from .capture import EvalWhereHandlersAsk
+
+    with torch.no_grad(), EvalWhereHandlersAsk(model, traced.resolver.handler_of):
+        return traced.forward(model, inputs)
+
+
+def verify_forward(traced: TracedModel) -> Optional[str]:
+    """Run the example inputs through the model; return why it failed, or None if outputs keep their shapes."""
+    from .capture import EvalWhereHandlersAsk, ShapeOnlyForwards
+
+    model, recorder = traced.model, traced.recorder
+    try:
+        with torch.no_grad(), EvalWhereHandlersAsk(model, traced.resolver.handler_of):
+            if traced.shapes_on_meta:
+                with weights_on_meta(model), ShapeOnlyForwards(model, traced.resolver.handler_of):
+                    output = traced.forward(model, to_meta(traced.example_inputs))
+            else:
+                output = traced.forward(model, traced.example_inputs)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    if not shapes_match(recorder.output_shapes, shapes_of(output), recorder.output_dynamic):
+        return f"the output shapes changed from {recorder.output_shapes} to {shapes_of(output)}"
+    return None
+
+
 class TrialRunner:
     """Runs the model's forward on copies with some channels removed."""
 
-    def __init__(self, graph: "DependencyGraph", example_inputs: Any,
-                 forward: Callable[[nn.Module, Any], Any]) -> None:
-        self.graph = graph
-        self.forward = forward
+    def __init__(self, traced: TracedModel, remover: ChannelRemover) -> None:
+        self.traced = traced
+        self.remover = remover
         self.base: Optional[nn.Module] = None
         self.inputs: Any = None
-        self.reference = list(graph._recorder.output_shapes)
-        self.dynamic = list(graph._recorder.output_dynamic)
+        self.reference = list(traced.recorder.output_shapes)
+        self.dynamic = list(traced.recorder.output_dynamic)
         self.reason = ""
-        model = graph.model
-        for make_copy, make_inputs in ((_meta_copy, to_meta), (self._real_copy, lambda x: x)):
+        for make_copy, make_inputs in ((_meta_copy, to_meta), (_real_copy, lambda x: x)):
             try:
-                candidate = make_copy(model)
-                inputs = make_inputs(example_inputs)
-                if not shapes_match(self.reference, shapes_of(self._run(candidate, inputs)), self.dynamic):
+                candidate = make_copy(traced.model)
+                inputs = make_inputs(traced.example_inputs)
+                output = run_model(traced, candidate, inputs)
+                if not shapes_match(self.reference, shapes_of(output), self.dynamic):
                     raise RuntimeError("the copy's outputs differ from the traced outputs")
             except Exception as exc:  # data-dependent models cannot run on meta
                 self.reason = f"{type(exc).__name__}: {exc}"
@@ -121,59 +166,50 @@ class TrialRunner:
             self.base, self.inputs = candidate, inputs
             break
 
-    def _run(self, model: nn.Module, inputs: Any) -> Any:
-        from .capture import EvalWhereHandlersAsk
-
-        with torch.no_grad(), EvalWhereHandlersAsk(model, self.graph._resolve_handler):
-            return self.forward(model, inputs)
-
-    @staticmethod
-    def _real_copy(model: nn.Module) -> nn.Module:
-        size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-        if size > REAL_COPY_LIMIT_BYTES:
-            raise RuntimeError("model too large for a real trial copy")
-        def own_copy(tensor: torch.Tensor) -> torch.Tensor:
-            data = tensor.detach().clone()
-            return nn.Parameter(data, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else data
-
-        return _clone_module(model, own_copy, {})
-
     @property
     def available(self) -> bool:
         return self.base is not None
 
-    def passes(self, selections: Sequence[Any]) -> Tuple[bool, str]:
+    def passes(self, selections: Sequence[Any], outputs_may_change: bool = False) -> Tuple[bool, str]:
         """Remove channels on a fresh copy and run it.
 
         ``selections`` holds atoms (their first channel is removed) or ``(atom, elements)`` pairs.
+        With ``outputs_may_change`` only the forward pass must succeed.
         """
         trial = _clone_module(self.base, lambda t: t, {})
         lookup = dict(trial.named_modules())
         chosen = [item if isinstance(item, tuple) else (item, torch.tensor([0])) for item in selections]
-        saved = [(atom, atom.alive) for atom, _ in chosen]
+        # The copy is thrown away; only the channel bookkeeping must be put back.
+        transaction = Transaction(atoms=[atom for atom, _ in chosen])
         try:
             for selection in chosen:  # one group at a time, as real pruning does (it updates the bookkeeping)
-                self.graph._apply_selections_to(trial, lookup, [selection])
-            output = self._run(trial, self.inputs)
+                self.remover.apply_to_copy(trial, lookup, [selection])
+            output = run_model(self.traced, trial, self.inputs)
         except Exception as exc:
             return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         finally:
-            for atom, alive in saved:
-                atom.alive = alive
-        if not shapes_match(self.reference, shapes_of(output), self.dynamic):
+            transaction.rollback()
+        if not outputs_may_change and not shapes_match(self.reference, shapes_of(output), self.dynamic):
             return False, "the output shape changed"
         return True, ""
 
     def failing(self, atoms: Sequence[Atom]) -> Dict[Atom, str]:
         """Atoms whose removal breaks the model, found by bisection."""
-        ok, reason = self.passes(atoms)
-        if ok:
-            return {}
-        if len(atoms) == 1:
-            return {atoms[0]: reason}
-        mid = len(atoms) // 2
-        bad = self.failing(atoms[:mid])
-        bad.update(self.failing(atoms[mid:]))
-        if not bad:  # only the combination fails: keep all of them
-            return {atom: f"removing these channels together breaks the model ({reason})" for atom in atoms}
-        return bad
+        def failure(subset: Sequence[Atom]) -> Optional[str]:
+            ok, reason = self.passes(subset)
+            return None if ok else reason
+
+        return dict(bisect_failures(atoms, failure,
+                                    lambda reason: f"removing these channels together breaks the model ({reason})"))
+
+
+def _real_copy(model: nn.Module) -> nn.Module:
+    size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    if size > REAL_COPY_LIMIT_BYTES:
+        raise RuntimeError("model too large for a real trial copy")
+
+    def own_copy(tensor: torch.Tensor) -> torch.Tensor:
+        data = tensor.detach().clone()
+        return nn.Parameter(data, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else data
+
+    return _clone_module(model, own_copy, {})

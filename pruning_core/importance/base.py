@@ -14,7 +14,8 @@ import torch
 
 from ..errors import ConfigurationError
 from ..graph.channels import channel_view, slot_params
-from ..graph.dims import atom_offsets, current_size
+from ..graph.dims import current_size
+from ..graph.positions import atom_offsets
 from ..graph.group import Group
 from ..graph.slots import Slot
 
@@ -39,8 +40,7 @@ class GroupView:
     def __init__(self, group: Group) -> None:
         self.group = group
         self.num_channels = group.num_channels
-        graph = group._graph
-        index = graph._index
+        index = group.index
         self._members: List[MemberTensor] = []
         offset = 0
         lookups = []
@@ -51,11 +51,11 @@ class GroupView:
             offset += elems.numel()
         seen = set()
         for atom, _ in group.selections:
-            for slot in index.atom_slots.get(atom, ()):
+            for slot in index.slots_of(atom):
                 if slot.serial in seen:
                     continue
                 seen.add(slot.serial)
-                expr = index.slot_exprs[slot.serial]
+                expr = index.expr(slot)
                 units = torch.full((current_size(expr),), -1, dtype=torch.long)
                 for other, table in lookups:
                     offsets = atom_offsets(expr, other)
@@ -63,7 +63,7 @@ class GroupView:
                         for offset in offsets:
                             units[offset:offset + table.numel()] = table
                         continue
-                    c = graph.slot_coords(slot, other)
+                    c = index.slot_coords(slot, other)
                     hit = c >= 0
                     units[hit] = table[c[hit]]
                 names = _param_names(slot)

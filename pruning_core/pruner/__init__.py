@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, List
 
+from ..layer_handler import BasePruningFunc
 from .algorithms import BNScalePruner, GroupNormPruner, GrowingRegPruner, MagnitudePruner, RandomPruner
 from .base import BasePruner, resolve_importance
 from .options import PruningOptions
@@ -25,6 +26,6 @@ def create(name: str, model: Any, example_inputs: Any, **kwargs: Any) -> BasePru
     return get_hub().pruners().get(name).factory(model, example_inputs, **kwargs)
 
 
-__all__ = ["BasePruner", "MagnitudePruner", "RandomPruner", "BNScalePruner", "GroupNormPruner", "GrowingRegPruner",
+__all__ = ["BasePruner", "BasePruningFunc", "MagnitudePruner", "RandomPruner", "BNScalePruner", "GroupNormPruner", "GrowingRegPruner",
            "PruningOptions", "PruningWarning", "linear_scheduler", "geometric_scheduler", "resolve_importance",
            "names", "create"]

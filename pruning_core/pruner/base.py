@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .. import _plugins
 from .._gc import without_gc
-from ..errors import ConfigurationError, PruneFailedError, PruningError
+from ..errors import ConfigurationError, PruneFailedError, PruningError, warn
 from ..graph.depgraph import DependencyGraph
-from ..graph.grouping import expand_ignored
-from ..graph.dims import current_size
 from ..graph.group import Group
+from ..graph.grouping import expand_ignored
+from ..graph.validate import bisect_failures
 from .options import PruningOptions
 from .planning import PlannedGroup, PruningWarning, group_for, plan_step, resolve_ratio
+from .structure import apply_structure
 
 
 def resolve_importance(importance: Any) -> Any:
@@ -85,46 +84,7 @@ class BasePruner:
     # -- set-up --------------------------------------------------------------------
     def _apply_structure(self) -> None:
         """User structure arguments first, then what plugins know (heads, output heads to keep)."""
-        options, DG = self.options, self.DG
-        heads = dict(options.num_heads)
-        head_flags: Dict[int, Any] = {}
-        hinted_groups: List[Tuple[Any, int, str]] = []
-        for hint in _plugins.get_hub().structure_hints(self.model):
-            if hint.keep and hint.module is not None:
-                self.ignored_layers.append(hint.module)
-            for side, count, table in (("out", hint.out_channel_groups, options.out_channel_groups),
-                                       ("in", hint.in_channel_groups, options.in_channel_groups)):
-                if count and hint.module not in table and DG.has_channels(hint.module, side):
-                    hinted_groups.append((hint.module, count, side))
-            if hint.num_heads and hint.module not in heads and DG.has_channels(hint.module):
-                heads[hint.module] = hint.num_heads
-                head_flags[id(hint.module)] = hint
-        for module, count in heads.items():
-            hint = head_flags.get(id(module))
-            if not DG.has_channels(module):
-                raise ConfigurationError(
-                    f"num_heads: {DG._module_names.get(id(module), type(module).__name__)} did not run during "
-                    "tracing and its weight was not used either, so its heads cannot be declared; pass the layer "
-                    "whose output holds the heads, or leave num_heads out")
-            by_heads = options.prune_num_heads if hint is None or hint.prunable_heads is None else hint.prunable_heads
-            within = options.prune_head_dims if hint is None or hint.prunable_head_dims is None \
-                else hint.prunable_head_dims
-            applied = DG.set_channel_structure(module, count, "out", prunable_groups=by_heads,
-                                               prunable_within=within,
-                                               group_size=hint.head_dim if hint is not None else None)
-            if not applied and hint is None:
-                raise ConfigurationError(
-                    f"num_heads={{{type(module).__name__}: {count}}}: the output channels of "
-                    f"{DG._module_names.get(id(module), type(module).__name__)} cannot be split into {count} heads; "
-                    "pass the number of heads of the projection that produces them")
-        for side, table in (("out", options.out_channel_groups), ("in", options.in_channel_groups)):
-            for module, count in table.items():
-                if not DG.set_channel_structure(module, count, side, prunable_groups=False, prunable_within=True):
-                    raise ConfigurationError(
-                        f"{side}_channel_groups: {count} does not divide the {side}put channels of "
-                        f"{DG._module_names.get(id(module), type(module).__name__)}")
-        for module, count, side in hinted_groups:  # a plugin's hint that does not fit is simply not used
-            DG.set_channel_structure(module, count, side, prunable_groups=False, prunable_within=True)
+        apply_structure(self.DG, self.options, self.model, self.ignored_layers)
 
     def _plan_groups(self) -> List[PlannedGroup]:
         options = self.options
@@ -145,7 +105,7 @@ class BasePruner:
                     scope = ("global", "heads" if is_head else "channels")
                 else:
                     scope = ("local", len(planned))
-            root_size = current_size(self.DG._index.slot_exprs[group.root_slot.serial])
+            root_size = self.DG.index.size(group.root_slot)
             planned.append(PlannedGroup(atom, group.root_slot, atom.current_size, ratio, scope, is_head,
                                         max(1, root_size // max(1, atom.current_size))))
         if options.global_pruning and options.isomorphic:
@@ -157,13 +117,13 @@ class BasePruner:
 
     def _signature(self, planned: PlannedGroup) -> Any:
         """Groups with the same members (layer types and sizes) are isomorphic."""
-        group = Group(self.DG, [(planned.atom, torch.arange(planned.atom.current_size))], planned.root)
+        group = self.full_group(planned)
         return tuple(sorted((type(item.dep.target.owner).__name__, item.dep.slot.kind, len(item.idxs))
                             for item in group))
 
     # -- scoring ---------------------------------------------------------------------
     def full_group(self, planned: PlannedGroup) -> Group:
-        return Group(self.DG, [(planned.atom, torch.arange(planned.atom.current_size))], planned.root)
+        return self.DG.make_group([(planned.atom, torch.arange(planned.atom.current_size))], planned.root)
 
     def estimate_importance(self, group: Union[Group, PlannedGroup]) -> torch.Tensor:
         """One score per channel of ``group`` (higher is more important)."""
@@ -192,8 +152,7 @@ class BasePruner:
         on each, one at a time.
         """
         if self.current_step >= self.options.iterative_steps:
-            warnings.warn(f"all {self.options.iterative_steps} iterative steps are done; step() does nothing",
-                          PruningWarning, stacklevel=2)
+            warn(f"all {self.options.iterative_steps} iterative steps are done; step() does nothing")
             return iter(()) if interactive else None
         self.current_step += 1
         try:
@@ -225,67 +184,62 @@ class BasePruner:
         while True:
             plan = [(g, idxs) for g, idxs in plan_step(self._groups, self.current_step, self.options,
                                                          self._score_planned) if idxs]
-            state = self.DG.save_state()
-            try:
+            with self.DG.transaction(step=True) as transaction:
                 self._prune_plan(plan)
-            except Exception:
-                self.DG.restore_state(state)
-                raise
-            if not self.options.validate or not plan:
-                return
-            failure = self.DG.verify()
+                self.DG.end_step()
+                failure = self.DG.verify() if self.options.validate and plan else None
+                if failure is not None:
+                    transaction.rollback()
             if failure is None:
                 return
-            self.DG.restore_state(state)
-            culprits = self._breaking(plan)
+            culprits = bisect_failures(plan, self._failure_of)
             if not culprits:
                 raise PruneFailedError(f"the pruned model fails on the example inputs ({failure}); the step was "
                                        "undone and no single group could be blamed")
             reasons = []
-            for planned, reason in culprits:
+            for (planned, _), reason in culprits:
                 self.DG.freeze([planned.atom], f"pruning it broke the model: {reason}")
                 reasons.append(f"{planned.root.describe()}: {reason}")
-            warnings.warn(f"{len(culprits)} group(s) could not be pruned and are now kept: "
-                          + "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else ""),
-                          PruningWarning, stacklevel=3)
-            broken = {id(planned) for planned, _ in culprits}
+            warn(f"{len(culprits)} group(s) could not be pruned and are now kept: "
+                 + "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else ""))
+            broken = {id(planned) for (planned, _), _ in culprits}
             self._groups = [g for g in self._groups if id(g) not in broken]
 
-    def _breaking(self, plan: Sequence) -> List[Any]:
-        """The groups of ``plan`` whose pruning makes the model fail, found by bisection."""
-        def failure_of(subset: Sequence) -> Optional[str]:
-            state = self.DG.save_state()
+    def _failure_of(self, plan: Sequence) -> Optional[str]:
+        """Why the model fails after pruning ``plan`` (undone afterwards), or None if it runs."""
+        with self.DG.transaction(step=True) as transaction:
             try:
-                self._prune_plan(subset)
+                self._prune_plan(plan)
+                self.DG.end_step()
                 return self.DG.verify()
             except PruningError as exc:
                 return str(exc)
             finally:
-                self.DG.restore_state(state)
-
-        def search(subset: Sequence) -> List[Any]:
-            reason = failure_of(subset)
-            if reason is None:
-                return []
-            if len(subset) == 1:
-                return [(subset[0][0], reason)]
-            mid = len(subset) // 2
-            found = search(subset[:mid]) + search(subset[mid:])
-            return found or [(planned, reason) for planned, _ in subset]
-
-        return search(list(plan))
+                transaction.rollback()
 
     def _interactive(self, plan: Sequence) -> Iterator[Group]:
-        state = self.DG.save_state()
-        for planned, idxs in plan:
-            if idxs:
-                yield group_for(self.DG, planned, idxs)
-        if self.options.validate:
-            failure = self.DG.verify()
+        """Yield the step's groups; the whole step is undone if the model fails afterwards."""
+        scope = self.DG.transaction(step=True)
+        transaction = scope.__enter__()
+        error: Optional[BaseException] = None
+        try:
+            for planned, idxs in plan:
+                if idxs:
+                    yield group_for(self.DG, planned, idxs)
+            self.DG.end_step()
+            failure = self.DG.verify() if self.options.validate else None
             if failure is not None:
-                self.DG.restore_state(state)
+                transaction.rollback()
                 raise PruneFailedError(f"after this interactive step the model fails on the example inputs "
                                        f"({failure}); every group of the step was restored")
+        except GeneratorExit:
+            transaction.commit()  # the caller stopped early: keep what it pruned
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            scope.__exit__(type(error) if error is not None else None, error, None)
 
     # -- sparse training (no-ops here; see the regularizing pruners) -------------------------
     def update_regularizer(self) -> None:
@@ -297,11 +251,11 @@ class BasePruner:
     # -- history ---------------------------------------------------------------------------
     def pruning_history(self) -> List[Dict[str, Any]]:
         """Everything removed so far, in order; JSON-friendly."""
-        return [dict(entry) for entry in self.DG.history]
+        return self.DG.pruning_history()
 
     def load_pruning_history(self, history: Sequence[Dict[str, Any]]) -> None:
         """Replay a history on this pruner's (unpruned) model."""
-        self.DG.replay(history)
+        self.DG.load_pruning_history(history)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(groups={len(self._groups)}, pruning_ratio={self.options.pruning_ratio}, "

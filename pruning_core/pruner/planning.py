@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
@@ -13,7 +12,7 @@ from torch import nn
 from ..graph.dims import Atom
 from ..graph.group import Group
 from ..graph.slots import Slot
-from ..errors import PruningWarning
+from ..errors import PruningWarning, warn
 from .options import PruningOptions, schedule
 
 
@@ -139,14 +138,14 @@ def plan_step(groups: Sequence[PlannedGroup], step: int, options: PruningOptions
         for group, idxs in zip(members, select_shared(members, scores, target, options)):
             result.append((group, idxs))
     if clamped:
-        warnings.warn(f"pruning ratio would remove every channel of {len(clamped)} group(s) "
-                      f"({', '.join(clamped[:4])}{', ...' if len(clamped) > 4 else ''}); kept one channel "
-                      "(or one head) in each", PruningWarning, stacklevel=3)
+        warn(f"pruning ratio would remove every channel of {len(clamped)} group(s) "
+             f"({', '.join(clamped[:4])}{', ...' if len(clamped) > 4 else ''}); kept one channel "
+             "(or one head) in each")
     return result
 
 
 def group_for(graph: Any, planned: PlannedGroup, channels: Sequence[int]) -> Group:
-    full = Group(graph, [(planned.atom, torch.arange(planned.atom.current_size))], planned.root)
+    full = graph.make_group([(planned.atom, torch.arange(planned.atom.current_size))], planned.root)
     return full.channel_group(channels)
 
 

@@ -90,16 +90,21 @@ def structure_of(model: nn.Module, attributes: Union[None, str, Sequence[str]] =
 
 
 def _extra_state(model: nn.Module) -> Dict[str, Any]:
+    """What each plugin's :class:`pruning_core.StateCodec` collects from ``model``, by codec name."""
     from .._plugins import get_hub
 
-    hub = get_hub()
     state: Dict[str, Any] = {}
-    for impl in hub.pm.hook.collect_model_state.get_hookimpls():
-        value = impl.function(model=model)
+    for codec in get_hub().state_codecs().records():
+        try:
+            value = codec.collect(model)
+        except Exception as exc:
+            raise SerializationError(f"state codec {codec.name!r} of {codec.provider} failed to collect the "
+                                     f"model's state: {type(exc).__name__}: {exc}") from exc
         if value is not None:
-            if not is_plain(value) and not isinstance(value, dict):
-                raise SerializationError(f"plugin {impl.plugin_name!r} returned non-plain state to save")
-            state[impl.plugin_name] = encode(value)
+            if not is_plain_tree(encode(value)):
+                raise SerializationError(f"state codec {codec.name!r} of {codec.provider} returned state that is "
+                                         "not plain data (dicts, lists, strings, numbers)")
+            state[codec.name] = encode(value)
     return state
 
 
@@ -231,14 +236,20 @@ def rebuild_structure(model: nn.Module, structure: Dict[str, Any]) -> None:
 
 
 def _restore_extra(model: nn.Module, extra: Dict[str, Any]) -> None:
+    """Hand each saved state to the codec of that name (files of 0.1 used the plugin's name: ``"hf"``)."""
     from .._plugins import get_hub
 
-    impls = {impl.plugin_name: impl for impl in get_hub().pm.hook.restore_model_state.get_hookimpls()}
-    for plugin, state in extra.items():
-        if plugin not in impls:
-            raise SerializationError(f"the file holds state of plugin {plugin!r}, which is not installed "
-                                     "(pruning-core plugins lists what is)")
-        impls[plugin].function(model=model, state=decode(state))
+    codecs = get_hub().state_codecs()
+    for name, state in extra.items():
+        if name not in codecs and name not in codecs.conflicts():
+            raise SerializationError(f"the file holds state of {name!r}, which no installed plugin restores "
+                                     "(pruning-core plugins lists what is installed)")
+        codec = codecs.get(name)
+        try:
+            codec.restore(model, decode(state))
+        except Exception as exc:
+            raise SerializationError(f"state codec {name!r} of {codec.provider} failed to restore the saved "
+                                     f"state: {type(exc).__name__}: {exc}") from exc
 
 
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:

@@ -1,11 +1,14 @@
 """Random architectures for property-based tests and fuzzing.
 
-``random_spec(rng)`` draws a list of block descriptions; ``build(spec)`` turns it
-into an ``nn.Module`` taking ``(1, 3, 16, 16)`` images. Every block family the
-core claims to support appears: convolutions (grouped, depthwise, transposed),
-norms, residual adds, cat, split/chunk, slicing, reshape/flatten, permute,
-channel shuffle, pixel shuffle, attention, squeeze-excite, unwrapped parameters
-and embeddings. ``oracle_safe(spec)`` says whether the zero-contribution
+``random_spec(rng)`` draws a list of block descriptions from a ``random.Random``
+(for ``benchmarks/fuzz.py``, whose results are reproducible by seed); property
+tests draw the same kind of list with hypothesis instead, from
+:func:`pruning_core.testing.strategies.specs`, so that failures shrink.
+``build(spec)`` turns a list into an ``nn.Module`` taking ``(1, 3, 16, 16)``
+images. Every block family the core claims to support appears: convolutions
+(grouped, depthwise, transposed), norms, residual adds, cat, split/chunk,
+slicing, reshape/flatten, permute, channel shuffle, pixel shuffle, attention,
+squeeze-excite, unwrapped parameters and embeddings. ``oracle_safe(spec)`` says whether the zero-contribution
 identity holds (no operation mixes channels other than through weights).
 """
 

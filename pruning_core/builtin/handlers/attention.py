@@ -30,8 +30,6 @@ class MultiheadAttentionPruner(CoupledPruningFunc):
     The graph keeps heads equal-sized: it sees ``embed_dim`` as ``num_heads x head_dim``.
     """
 
-    TARGET_MODULES = (nn.MultiheadAttention,)
-
     def get_out_channels(self, layer: nn.Module) -> int:
         return layer.embed_dim
 

@@ -28,7 +28,6 @@ def prune_norm_tensors(layer: nn.Module, idxs: torch.Tensor, size: int) -> int:
 class BatchNormPruner(CoupledPruningFunc):
     """Input and output channels of BatchNorm are one set: ``prune_in_channels is prune_out_channels``."""
 
-    TARGET_MODULES = (nn.modules.batchnorm._BatchNorm,)
     shape_preserving = True  # output shaped like input: meta runs may skip the kernel
     trace_in_eval = True  # batch statistics change values, not channels; keeps batch-1 tracing working
     channel_dim = staticmethod(norm_channel_dim)

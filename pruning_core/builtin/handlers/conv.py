@@ -38,7 +38,7 @@ class ConvPruner(BasePruningFunc):
     """Prunes ``nn.ConvNd`` and ``nn.ConvTransposeNd``; grouped convolutions lose the same
     positions in every group, or whole groups."""
 
-    TARGET_MODULES = _CONV_TYPES
+    default_root = True  # a root of DependencyGraph.get_all_groups() by default, as in Torch-Pruning
 
     def get_out_channels(self, layer: nn.Module) -> int:
         return layer.out_channels
@@ -130,7 +130,7 @@ class _GroupedView:
 class DepthwiseConvPruner(CoupledPruningFunc):
     """Depthwise convolutions (``groups == in_channels == out_channels``): input and output are one channel set."""
 
-    TARGET_MODULES = _CONV_TYPES
+    default_root = True  # a root of DependencyGraph.get_all_groups() by default, as in Torch-Pruning
 
     def get_out_channels(self, layer: nn.Module) -> int:
         return layer.out_channels

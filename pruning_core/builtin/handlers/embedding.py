@@ -15,8 +15,6 @@ from ...records import LayerHandlerSpec
 class EmbeddingPruner(BasePruningFunc):
     """Prunes embedding columns (``embedding_dim``) or rows (``num_embeddings``)."""
 
-    TARGET_MODULES = (nn.Embedding,)
-
     def get_out_channels(self, layer: nn.Module) -> int:
         return layer.embedding_dim
 

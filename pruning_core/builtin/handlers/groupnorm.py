@@ -16,7 +16,6 @@ from .batchnorm import norm_channel_dim
 class GroupNormPruner(CoupledPruningFunc):
     """Prunes ``weight``/``bias``; the graph keeps every group the same size."""
 
-    TARGET_MODULES = (nn.GroupNorm,)
     shape_preserving = True  # output shaped like input: meta runs may skip the kernel
     channel_dim = staticmethod(norm_channel_dim)
 

@@ -16,7 +16,6 @@ from .batchnorm import norm_channel_dim, prune_norm_tensors
 class InstanceNormPruner(CoupledPruningFunc):
     """Prunes the optional affine parameters and running statistics of instance norms."""
 
-    TARGET_MODULES = (nn.modules.instancenorm._InstanceNorm,)
     shape_preserving = True  # output shaped like input: meta runs may skip the kernel
     trace_in_eval = True
 

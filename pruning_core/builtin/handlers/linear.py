@@ -15,7 +15,7 @@ from ...records import LayerHandlerSpec
 class LinearPruner(BasePruningFunc):
     """Prunes rows (outputs) or columns (inputs) of a linear layer's weight."""
 
-    TARGET_MODULES = (nn.Linear,)
+    default_root = True  # a root of DependencyGraph.get_all_groups() by default, as in Torch-Pruning
 
     def get_out_channels(self, layer: nn.Module) -> int:
         return layer.out_features

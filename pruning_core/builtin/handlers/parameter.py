@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
-from ...layer_handler import as_index_tensor, keep_indices, replace_tensor, select
+from ...hookspecs import hookimpl
+from ...layer_handler import as_index_tensor, keep_indices, select
+from ...records import LayerHandlerSpec
 
 
 class ParameterPruner:
@@ -15,8 +15,11 @@ class ParameterPruner:
 
     ``prune_out_channels(tensor, idxs)`` removes along dim 0 and
     ``prune_in_channels(tensor, idxs)`` along dim 1; both return a new
-    ``nn.Parameter`` (plain tensors stay plain). Inside a dependency graph,
-    :meth:`prune_attribute` also puts the result back on its module.
+    ``nn.Parameter`` (plain tensors stay plain).
+
+    Registered for ``torch.Tensor`` (parameters and buffers), so a dependency graph shows
+    these functions as the handler of a raw tensor used directly in a forward pass; the
+    graph itself prunes such tensors by selecting along the traced dimension.
     """
 
     name = "parameter"
@@ -40,12 +43,13 @@ class ParameterPruner:
     def prune_in_channels(self, tensor: torch.Tensor, idxs, dim: int = 1) -> torch.Tensor:
         return self._prune(tensor, idxs, dim)
 
-    def prune_attribute(self, owner: nn.Module, attr: str, dim: int, idxs: torch.Tensor) -> None:
-        tensor: Optional[torch.Tensor] = getattr(owner, attr)
-        replace_tensor(owner, attr, select(tensor, dim, keep_indices(idxs, tensor.shape[dim])))
-
     def __repr__(self) -> str:
         return "ParameterPruner()"
 
 
 prune_parameter_handler = ParameterPruner()
+
+
+@hookimpl
+def register_layer_handlers():
+    return [LayerHandlerSpec(target=torch.Tensor, handler=prune_parameter_handler)]

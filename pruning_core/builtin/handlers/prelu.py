@@ -15,7 +15,6 @@ from ...records import LayerHandlerSpec
 class PReLUPruner(CoupledPruningFunc):
     """Prunes the per-channel slopes."""
 
-    TARGET_MODULES = (nn.PReLU,)
     shape_preserving = True  # output shaped like input: meta runs may skip the kernel
 
     def get_out_channels(self, layer: nn.Module) -> int:

@@ -15,7 +15,6 @@ from ...records import LayerHandlerSpec
 class RMSNormPruner(CoupledPruningFunc):
     """Prunes ``weight`` and updates ``normalized_shape``."""
 
-    TARGET_MODULES = (nn.RMSNorm,)
     shape_preserving = True  # output shaped like input: meta runs may skip the kernel
 
     def get_out_channels(self, layer: nn.Module) -> int:

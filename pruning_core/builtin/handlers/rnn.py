@@ -41,7 +41,7 @@ class _DirectionCols:
 class RNNPruner(BasePruningFunc):
     """Prunes hidden units in every layer and direction (all gates), or input features of layer 0."""
 
-    TARGET_MODULES = (nn.LSTM, nn.GRU, nn.RNN)
+    default_root = True  # a root of DependencyGraph.get_all_groups() by default, as in Torch-Pruning
 
     def get_out_channels(self, layer: nn.Module) -> int:
         return layer.hidden_size

@@ -1,23 +1,26 @@
-"""Attention blocks of transformers models: where their heads are, and keeping attributes in step.
+"""Attention blocks of transformers models, declared as :class:`pruning_core.AttentionLayout` records.
 
 Blocks are recognised by shape, not by class: a module with ``q_proj``/``k_proj``
 (or ``query``/``key``) projections and a head size, or a fused ``c_attn``
-(GPT-2). This covers LLaMA, Mistral, Qwen2/3, BERT, RoBERTa, ViT and Swin.
+(GPT-2). This covers LLaMA, Mistral, Qwen2/3, BERT, RoBERTa, ViT and Swin. The
+plugin only says where heads and their attributes are; pruning_core derives
+each projection's heads and updates ``num_heads``, ``head_dim``,
+``num_key_value_groups``, ``all_head_size``, ``split_size`` and ``scaling``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional
 
 from torch import nn
 
-from pruning_core import StructureHint
-from pruning_core.graph.record import original_attr
+from pruning_core import AttentionLayout
 
 PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size")
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads")
+# Attributes holding heads x head size: BERT's all_head_size, GPT-2's split_size and embed_dim.
+WIDTH_ATTRS = ("all_head_size", "split_size", "embed_dim")
 
 
 def head_size(module: nn.Module) -> Optional[int]:
@@ -48,66 +51,28 @@ def rotary(config: Any) -> bool:
         or getattr(config, "position_embedding_type", None) == "rotary"
 
 
-def structure_hints(model: nn.Module) -> List[StructureHint]:
-    """Heads and head sizes of every attention projection, so users pass no ``num_heads``."""
-    keep_dims = False if rotary(getattr(model, "config", None)) else None
-    hints: List[StructureHint] = []
-    for _, module in model.named_modules():
-        parts = projections(module)
-        if parts is None:
-            continue
-        size = head_size(module)
-        if "fused" in parts:
-            width = parts["fused"].weight.shape[1] // 3
-            hints.append(StructureHint(module=parts["fused"], num_heads=max(1, width // size), head_dim=size,
-                                       prunable_head_dims=keep_dims))
-            continue
-        # With grouped-query attention the removable heads are whole key/value groups: each takes its
-        # key, value and query heads along, so num_key_value_groups stays the same.
-        kv_heads = max(1, parts["k"].out_features // size)
-        for key in ("q", "k", "v"):
-            projection = parts[key]
-            inner = projection.out_features // kv_heads
-            hints.append(StructureHint(module=projection, num_heads=kv_heads, head_dim=inner,
-                                       prunable_head_dims=keep_dims))
-    return hints
-
-
-def _heads(factors: List[int], skip: int = 0) -> tuple:
-    """(heads, head size) from a projection's channel factors ``[..heads.., head_size]``."""
-    body = factors[skip:]
-    if len(body) == 1:
-        return 1, body[0]
-    return math.prod(body[:-1]), body[-1]
-
-
-def fix_attention(name: str, module: nn.Module, graph: Any) -> None:
-    """Recompute head counts, head size, scaling and friends from the projections' current structure."""
+def layout(module: nn.Module, prunable_head_dims: Optional[bool] = None) -> Optional[AttentionLayout]:
+    """Where ``module`` keeps its heads, if it is an attention block; the core does the arithmetic."""
     parts = projections(module)
-    if parts is None or graph is None:
-        return
-    prefix = f"{name}." if name else ""
-    if "fused" in parts:
-        heads, size = _heads(graph.channel_structure(prefix + "c_attn"), skip=1)
-        kv_heads = heads
-    else:
-        q_name, k_name, _ = parts["names"]
-        heads, size = _heads(graph.channel_structure(prefix + q_name))
-        kv_heads, _ = _heads(graph.channel_structure(prefix + k_name))
-    original_size = None
-    for attr in HEAD_SIZE_ATTRS:
-        if hasattr(module, attr):
-            original_size = original_attr(module, attr)
-            setattr(module, attr, size)
-    for attr in HEAD_COUNT_ATTRS:
-        if isinstance(getattr(module, attr, None), int):
-            setattr(module, attr, heads)
-    if isinstance(getattr(module, "all_head_size", None), int):
-        module.all_head_size = heads * size
-    if isinstance(getattr(module, "num_key_value_groups", None), int):
-        module.num_key_value_groups = heads // max(1, kv_heads)
-    if "fused" in parts:
-        module.split_size = heads * size
-        module.embed_dim = heads * size
-    if isinstance(getattr(module, "scaling", None), float) and original_size:
-        module.scaling = original_attr(module, "scaling") * math.sqrt(original_size / size)
+    if parts is None:
+        return None
+    ints = [attr for attr in HEAD_COUNT_ATTRS + WIDTH_ATTRS + ("num_key_value_groups",)
+            if isinstance(getattr(module, attr, None), int)]
+    names = {"num_heads": tuple(a for a in HEAD_COUNT_ATTRS if a in ints),
+             "head_dim": tuple(a for a in HEAD_SIZE_ATTRS if hasattr(module, a)),
+             "kv_groups": tuple(a for a in ("num_key_value_groups",) if a in ints),
+             # all_head_size where it exists; GPT-2's split_size and embed_dim with its fused c_attn
+             "width": tuple(a for a in WIDTH_ATTRS if a in ints and (a == "all_head_size" or "fused" in parts)),
+             "scale": "scaling" if isinstance(getattr(module, "scaling", None), float) else None}
+    if "fused" in parts:  # GPT-2: q, k and v side by side in c_attn's output
+        return AttentionLayout(module, fused="c_attn", parts=3, prunable_head_dims=prunable_head_dims, **names)
+    query, key, value = parts["names"]
+    return AttentionLayout(module, query=query, key=key, value=value, prunable_head_dims=prunable_head_dims,
+                           **names)
+
+
+def attention_layouts(model: nn.Module) -> List[AttentionLayout]:
+    """Every attention block of ``model``. Rotary models keep their head size (frequencies come from the config)."""
+    keep_dims = False if rotary(getattr(model, "config", None)) else None
+    found = (layout(module, keep_dims) for module in model.modules())
+    return [record for record in found if record is not None]

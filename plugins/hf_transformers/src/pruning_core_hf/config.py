@@ -81,7 +81,7 @@ def fix_config(model: nn.Module) -> None:
     if getattr(config, "model_type", "") == "swin":
         _swin(model, config, updates, problems)
     else:
-        attention = _attention_blocks(model)  # scanned once: this runs after every pruned group
+        attention = _attention_blocks(model)  # scanned once per call: this runs after every pruning step
         blocks = [_heads(b) for b in attention]
         heads = _uniform([b["heads"] for b in blocks])
         size = _uniform([b["size"] for b in blocks])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
-from pruning_core import LayerHandlerSpec, ModelScheme, StructureHint, hookimpl
+from pruning_core import AttentionLayout, LayerHandlerSpec, ModelScheme, StateCodec, StructureHint, hookimpl
 
 
 def _is_transformers_model(model: Any) -> bool:
@@ -19,34 +19,31 @@ def register_layer_handlers() -> List[LayerHandlerSpec]:
 
 
 @hookimpl
-def collect_structure_hints(model: Any) -> List[StructureHint]:
-    """Heads of every attention projection, and the output head (kept)."""
+def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, StructureHint]]:
+    """Where every attention block keeps its heads, and the output head (kept)."""
     if not _is_transformers_model(model):
         return []
-    from .attention import structure_hints
+    from .attention import attention_layouts
 
-    hints = structure_hints(model)
+    records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model))
     head = getattr(model, "get_output_embeddings", lambda: None)()
     if head is not None:
-        hints.append(StructureHint(module=head, keep=True))
-    return hints
+        records.append(StructureHint(module=head, keep=True))
+    return records
 
 
 @hookimpl
-def fixup_after_prune(model: Any, modules: Dict[str, Any], graph: Any) -> None:
-    """Attention attributes (heads, head size, scaling, kv groups) and the config."""
-    if not _is_transformers_model(model):
-        return
-    from .attention import fix_attention
-    from .config import fix_config
+def after_step(model: Any, graph: Any) -> None:
+    """The config follows the pruned modules (once per step: it scans the whole model)."""
+    if _is_transformers_model(model):
+        from .config import fix_config
 
-    for name, module in modules.items():
-        fix_attention(name, module, graph)
-    fix_config(model)
+        if graph is not None:
+            graph.remember(model.config)  # an undone step restores the config too
+        fix_config(model)
 
 
-@hookimpl
-def collect_model_state(model: Any) -> Optional[Dict[str, Any]]:
+def _collect_state(model: Any) -> Optional[Dict[str, Any]]:
     if not _is_transformers_model(model):
         return None
     from .config import saved_state
@@ -54,22 +51,25 @@ def collect_model_state(model: Any) -> Optional[Dict[str, Any]]:
     return saved_state(model)
 
 
-@hookimpl
-def restore_model_state(model: Any, state: Dict[str, Any]) -> None:
+def _restore_state(model: Any, state: Dict[str, Any]) -> None:
     from .config import restore_state
 
     restore_state(model, state)
 
 
 @hookimpl
-def register_model_schemes() -> List[ModelScheme]:
-    return [ModelScheme("hf", "hf:path/to/model_dir", "a transformers model saved in a local directory")]
+def register_state_codecs() -> List[StateCodec]:
+    # Named like the plugin: files saved by 0.1 stored this state under the plugin's name.
+    return [StateCodec("hf", collect=_collect_state, restore=_restore_state)]
 
 
-@hookimpl
-def resolve_model_spec(spec: str) -> Any:
-    if not spec.startswith("hf:"):
-        return None
+def _resolve(spec: str) -> Any:
     from .sources import resolve
 
     return resolve(spec)
+
+
+@hookimpl
+def register_model_schemes() -> List[ModelScheme]:
+    return [ModelScheme("hf", "hf:path/to/model_dir", "a transformers model saved in a local directory",
+                        resolve=_resolve)]

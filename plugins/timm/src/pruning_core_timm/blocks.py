@@ -1,33 +1,37 @@
-"""timm building blocks: attention heads, Scale shapes and classifier widths, kept in step after pruning.
+"""timm building blocks: attention layouts, Scale shapes and classifier widths, kept in step after pruning.
 
 Blocks are recognised by their attributes (a ``qkv`` projection with
 ``num_heads``/``head_dim``, a ``Scale`` with ``shape``...), never by importing timm.
+Attention blocks are declared as :class:`pruning_core.AttentionLayout` records;
+pruning_core does their arithmetic.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from torch import nn
 
-from pruning_core import PruningError, StructureHint
-from pruning_core.graph.record import original_attr, original_shape
+from pruning_core import AttentionLayout, StructureHint
+from pruning_core.graph.record import original_attr
 
 
-def qkv_head_size(module: nn.Module) -> Optional[int]:
-    """Size of one head if ``module`` is attention with a fused, q/k/v-major ``qkv`` projection, else None.
+def attention_layout(module: nn.Module) -> Optional[AttentionLayout]:
+    """Where ``module`` keeps its heads, if it is attention with a fused, q/k/v-major ``qkv`` projection.
 
-    Covers ViT/DeiT/EVA (``head_dim``), Swin/SwinV2 and BEiT (sizes from ``qkv``). Blocks that put heads
-    first (MaxViT, CoAtNet: ``head_first``) are left to the tracer.
+    Covers ViT/DeiT/EVA (``head_dim``), Swin/SwinV2 and BEiT (head size from ``qkv``); the core derives
+    the heads and keeps ``num_heads``, ``head_dim``, ``attn_dim`` and ``scale`` in step. Blocks that put
+    heads first (MaxViT, CoAtNet: ``head_first``) are left to the tracer, and so are blocks whose ``qkv``
+    is not three equal parts (TinyViT, EfficientFormer): the core finds no heads in them.
     """
     qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
     if not isinstance(qkv, nn.Linear) or not isinstance(heads, int) or heads < 1 or getattr(module, "head_first", False):
         return None
-    size = getattr(module, "head_dim", None)
-    if not isinstance(size, int):
-        size = qkv.out_features // (3 * heads)
-    return size if size > 0 and qkv.out_features == 3 * heads * size else None
+    return AttentionLayout(
+        module, fused="qkv", parts=3, num_heads="num_heads",
+        head_dim=tuple(a for a in ("head_dim",) if isinstance(getattr(module, a, None), int)),
+        width=tuple(a for a in ("attn_dim",) if isinstance(getattr(module, a, None), int)),
+        scale="scale" if isinstance(getattr(module, "scale", None), float) else None)
 
 
 def final_classifiers(model: nn.Module) -> List[nn.Module]:
@@ -44,58 +48,21 @@ def final_classifiers(model: nn.Module) -> List[nn.Module]:
     return finals
 
 
-def structure_hints(model: nn.Module) -> List[StructureHint]:
-    hints: List[StructureHint] = []
+def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHint]]:
+    records: List[Union[AttentionLayout, StructureHint]] = []
     for _, module in model.named_modules():
-        size = qkv_head_size(module)
-        if size is not None:
-            hints.append(StructureHint(module=module.qkv, num_heads=module.num_heads, head_dim=size))
+        layout = attention_layout(module)
+        if layout is not None:
+            records.append(layout)
         if type(module).__name__ == "SelectiveKernelAttn" and isinstance(getattr(module, "num_paths", None), int):
             # fc_select's output is viewed as (paths, channels): one attention map per kernel path.
-            hints.append(StructureHint(module=module.fc_select, out_channel_groups=module.num_paths))
-    hints.extend(StructureHint(module=final, keep=True) for final in final_classifiers(model))
-    return hints
+            records.append(StructureHint(module=module.fc_select, out_channel_groups=module.num_paths))
+    records.extend(StructureHint(module=final, keep=True) for final in final_classifiers(model))
+    return records
 
 
 def _original(module: nn.Module, attr: str) -> Any:
     return original_attr(module, attr, None)
-
-
-def _original_head_size(module: nn.Module, qkv: nn.Linear) -> Optional[int]:
-    """Head size before any pruning: from the record, else from the attributes not yet updated."""
-    heads = _original(module, "num_heads")
-    for attr, per_head in (("head_dim", 1), ("attn_dim", heads)):
-        value = _original(module, attr)
-        if isinstance(value, int) and value % per_head == 0:
-            return value // per_head
-    size, rest = divmod(original_shape(qkv, "weight")[0], 3 * heads)
-    return None if rest else size
-
-
-def fix_attention(name: str, module: nn.Module, graph: Any) -> None:
-    """``num_heads``, ``head_dim``, ``attn_dim`` and ``scale`` after the fused qkv projection shrank."""
-    qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
-    if graph is None or not isinstance(qkv, nn.Linear) or not isinstance(heads, int) \
-            or getattr(module, "head_first", False):
-        return
-    original_size = _original_head_size(module, qkv)
-    try:  # by name: trial forwards hand fix-ups copies of the modules, which the graph does not know
-        factors = graph.channel_structure(f"{name}.qkv" if name else "qkv")
-    except PruningError:  # qkv neither ran nor had its weight used (F.linear in BEiT, EVA, SwinV2)
-        factors = None
-    if factors and len(factors) > 2 and factors[0] == 3:
-        heads, size = math.prod(factors[1:-1]), factors[-1]
-    elif qkv.weight.shape[0] % (3 * heads) == 0:  # no head structure traced: the heads are whole
-        size = qkv.weight.shape[0] // (3 * heads)
-    else:  # not q/k/v-major heads (TinyViT, EfficientFormer: unequal q, k and v): left to the tracer
-        return
-    module.num_heads = heads
-    if isinstance(getattr(module, "head_dim", None), int):
-        module.head_dim = size
-    if isinstance(getattr(module, "attn_dim", None), int):
-        module.attn_dim = heads * size
-    if isinstance(getattr(module, "scale", None), float) and original_size not in (None, size):
-        module.scale = _original(module, "scale") * math.sqrt(original_size / size)
 
 
 def fix_scale(module: nn.Module) -> None:
@@ -188,9 +155,9 @@ def fix_model(model: nn.Module) -> None:
             model.embed_dim = features
 
 
-def fix_all(model: nn.Module, modules: Dict[str, nn.Module], graph: Any) -> None:
-    for name, module in modules.items():
-        fix_attention(name, module, graph)
+def fix_all(model: nn.Module, modules: Dict[str, nn.Module]) -> None:
+    """After each pruned group (attention attributes are the core's, from the declared layouts)."""
+    for module in modules.values():
         fix_scale(module)
         fix_head(module)
     fix_model(model)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Union
 
-from pruning_core import LayerHandlerSpec, ModelScheme, StructureHint, hookimpl
+from pruning_core import AttentionLayout, LayerHandlerSpec, ModelScheme, StructureHint, hookimpl
 
 
 def _is_timm_model(model: Any) -> bool:
@@ -21,8 +21,8 @@ def register_layer_handlers() -> List[LayerHandlerSpec]:
 
 
 @hookimpl
-def collect_structure_hints(model: Any) -> List[StructureHint]:
-    """Heads of fused-qkv attention, and the classifier (kept)."""
+def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, StructureHint]]:
+    """Layouts of fused-qkv attention, selective-kernel paths, and the classifier (kept)."""
     if not _is_timm_model(model):
         return []
     from .blocks import structure_hints
@@ -31,24 +31,21 @@ def collect_structure_hints(model: Any) -> List[StructureHint]:
 
 
 @hookimpl
-def fixup_after_prune(model: Any, modules: Dict[str, Any], graph: Any) -> None:
-    """Attention heads, Scale shapes, classifier-head widths and num_features."""
+def fixup_after_prune(model: Any, modules: Dict[str, Any]) -> None:
+    """Scale shapes, classifier-head widths and num_features (attention attributes are the core's)."""
     if not _is_timm_model(model):
         return
     from .blocks import fix_all
 
-    fix_all(model, modules, graph)
+    fix_all(model, modules)
+
+
+def _resolve(spec: str) -> Any:
+    from .sources import resolve
+
+    return resolve(spec)
 
 
 @hookimpl
 def register_model_schemes() -> List[ModelScheme]:
-    return [ModelScheme("timm", "timm:convnext_tiny", "a timm architecture with random weights")]
-
-
-@hookimpl
-def resolve_model_spec(spec: str) -> Any:
-    if not spec.startswith("timm:"):
-        return None
-    from .sources import resolve
-
-    return resolve(spec)
+    return [ModelScheme("timm", "timm:convnext_tiny", "a timm architecture with random weights", resolve=_resolve)]

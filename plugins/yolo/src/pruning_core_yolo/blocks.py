@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 from torch import nn
 
-from pruning_core import StructureHint
+from pruning_core import AttentionLayout, StructureHint
 
 HEADS = ("Detect", "Segment", "Pose", "OBB", "v10Detect", "YOLOEDetect", "WorldDetect")
 # Blocks whose ``cv1`` output is split in two halves of ``c`` channels (``chunk(2)`` or ``split((c, c))``).
@@ -45,10 +45,16 @@ def structure_hints(model: nn.Module) -> List[StructureHint]:
             if isinstance(conv, nn.Conv2d) and conv.out_channels == 2 * module.c:
                 # split((c, c)) spells the sizes out: declare the halves so they shrink together.
                 hints.append(StructureHint(module=conv, out_channel_groups=2))
-        elif kind == "Attention" and hasattr(module, "key_dim") and hasattr(module, "head_dim"):
-            hints.append(StructureHint(module=module, num_heads=module.num_heads, head_dim=module.head_dim,
-                                       prunable_heads=False, prunable_head_dims=True))
     return hints
+
+
+def attention_layouts(model: nn.Module) -> List[AttentionLayout]:
+    """YOLO11's ``Attention`` is pruned as one layer whose channels are its value heads: the core derives
+    its heads and keeps ``head_dim`` in step. Every head loses the same channels; heads stay."""
+    return [AttentionLayout(module, fused="", parts=1, num_heads="num_heads", head_dim="head_dim",
+                            prunable_heads=False, prunable_head_dims=True)
+            for module in model.modules()
+            if _kind(module) == "Attention" and hasattr(module, "key_dim") and hasattr(module, "head_dim")]
 
 
 def fix_split_block(module: nn.Module) -> None:
@@ -58,13 +64,6 @@ def fix_split_block(module: nn.Module) -> None:
         module.c = conv.out_channels // 2
 
 
-def fix_attention(module: nn.Module) -> None:
-    """``Attention.head_dim`` follows the value channels (the handler sets it; kept here for loaded models)."""
-    if _kind(module) == "Attention" and hasattr(module, "key_dim"):
-        module.head_dim = module.proj.conv.out_channels // module.num_heads
-
-
 def fix_all(modules: Dict[str, Any]) -> None:
     for module in modules.values():
         fix_split_block(module)
-        fix_attention(module)

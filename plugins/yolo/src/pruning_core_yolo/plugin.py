@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Union
 
-from pruning_core import LayerHandlerSpec, ModelScheme, StructureHint, hookimpl
+from pruning_core import AttentionLayout, LayerHandlerSpec, ModelScheme, StructureHint, hookimpl
 
 
 @hookimpl
@@ -16,31 +16,30 @@ def register_layer_handlers() -> List[LayerHandlerSpec]:
 
 
 @hookimpl
-def collect_structure_hints(model: Any) -> List[StructureHint]:
-    """Keep the Detect head's prediction convs; halves of split blocks; attention heads."""
-    from .blocks import structure_hints
+def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, StructureHint]]:
+    """Keep the Detect head's prediction convs; halves of split blocks; attention layouts."""
+    if not hasattr(model, "modules"):
+        return []
+    from .blocks import attention_layouts, structure_hints
 
-    return structure_hints(model) if hasattr(model, "modules") else []
+    return [*structure_hints(model), *attention_layouts(model)]
 
 
 @hookimpl
-def fixup_after_prune(model: Any, modules: Dict[str, Any], graph: Any) -> None:
-    """``C2f.c`` and friends, ``Attention.head_dim``."""
+def fixup_after_prune(modules: Dict[str, Any]) -> None:
+    """``C2f.c`` and friends (``Attention.head_dim`` is the core's, from the declared layout)."""
     from .blocks import fix_all
 
     fix_all(modules)
 
 
-@hookimpl
-def register_model_schemes() -> List[ModelScheme]:
-    return [ModelScheme("yolo", "yolo:yolo11n.yaml", "an Ultralytics YOLO model from a bundled YAML (random weights) "
-                        "or a .pt checkpoint")]
-
-
-@hookimpl
-def resolve_model_spec(spec: str) -> Any:
-    if not spec.startswith("yolo:"):
-        return None
+def _resolve(spec: str) -> Any:
     from .sources import resolve
 
     return resolve(spec)
+
+
+@hookimpl
+def register_model_schemes() -> List[ModelScheme]:
+    return [ModelScheme("yolo", "yolo:yolo11n.yaml", "an Ultralytics YOLO model from a bundled YAML (random weights) "
+                        "or a .pt checkpoint", resolve=_resolve)]

@@ -1,0 +1,99 @@
+"""What an op rule sees: one aten call, its tensors, and the dimension algebra to relate them."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from .dims import STRUCTURED, DimSpace, Expr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trace import Recorder
+
+
+def iter_tensors(obj: Any, _depth: int = 0) -> Iterator[torch.Tensor]:
+    """Tensors inside ``obj``: tensors, sequences, mappings (``ModelOutput``) and dataclasses."""
+    if _depth > 8:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from iter_tensors(item, _depth + 1)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from iter_tensors(item, _depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for field in dataclasses.fields(obj):
+            yield from iter_tensors(getattr(obj, field.name, None), _depth + 1)
+
+
+def is_pointwise(func: Any) -> bool:
+    """Tagged pointwise, or the in-place form (``relu_``) of a tagged pointwise operator."""
+    if torch.Tag.pointwise in func.tags:
+        return True
+    name = func._schema.name
+    if name.endswith("_") and torch.Tag.inplace in func.tags:
+        packet = getattr(torch.ops.aten, name.split("::", 1)[1][:-1], None)
+        overload = getattr(packet, func._overloadname, None) if packet is not None else None
+        return overload is not None and torch.Tag.pointwise in overload.tags
+    return False
+
+
+class OpCall:
+    """What an op rule sees: one aten call, its tensors and the dimension algebra.
+
+    Rules read inputs with :meth:`dims`, relate them with :meth:`unify`, and
+    must give every tensor output its dimensions with :meth:`set`.
+    """
+
+    __slots__ = ("func", "args", "kwargs", "outputs", "recorder", "_named")
+
+    def __init__(self, func: Any, args: tuple, kwargs: dict, outputs: List[torch.Tensor], recorder: "Recorder") -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.outputs = outputs
+        self.recorder = recorder
+        self._named: Optional[Dict[str, Any]] = None
+
+    @property
+    def name(self) -> str:
+        return self.func._schema.name
+
+    @property
+    def space(self) -> DimSpace:
+        return self.recorder.space
+
+    def arg(self, name: str, default: Any = None) -> Any:
+        """An argument by its schema name (positional or keyword)."""
+        if self._named is None:
+            named: Dict[str, Any] = {}
+            for index, spec in enumerate(self.func._schema.arguments):
+                if index < len(self.args):
+                    named[spec.name] = self.args[index]
+                elif spec.name in self.kwargs:
+                    named[spec.name] = self.kwargs[spec.name]
+            self._named = named
+        value = self._named.get(name, default)
+        return default if value is None else value
+
+    def dims(self, tensor: torch.Tensor) -> List[Expr]:
+        return list(self.recorder.dims_of(tensor))
+
+    def set(self, tensor: torch.Tensor, dims: Sequence[Expr]) -> None:
+        self.recorder.set_dims(tensor, list(dims))
+
+    def unify(self, a: Expr, b: Expr) -> None:
+        self.recorder.space.unify(a, b)
+
+    def new(self, size: int, flags: int = STRUCTURED, note: Optional[str] = None) -> Expr:
+        return self.recorder.space.atom(size, flags, note or f"size set by {self.name}")
+
+    def freeze(self, expr: Expr, note: Optional[str] = None) -> None:
+        self.recorder.space.freeze(expr, note or f"indexed by {self.name}")
+
+    def structure(self, expr: Expr, note: Optional[str] = None) -> None:
+        self.recorder.space.mark(expr, STRUCTURED, note or f"sized in code at {self.name}")
