@@ -8,11 +8,10 @@ Two forms, both rebuilt on a freshly constructed *unpruned* model:
   weights in ``weights.safetensors`` and the structure in ``pruning.json``
   (new shapes, changed attributes, which channels each module lost).
 
-Loading checks the record against the model, resizes the recorded tensors,
-sets the recorded attributes and loads the weights strictly. Anything wrong (a
-truncated file, an edited record, another model) raises
-:class:`pruning_core.SerializationError` naming the problem, and the model is
-left as it was.
+Loading checks the record against the model, resizes the recorded tensors, sets the
+recorded attributes and loads the weights strictly. Anything wrong (a truncated file,
+an edited record, another model) raises :class:`pruning_core.SerializationError`
+naming the problem, and the model is left as it was.
 """
 
 from __future__ import annotations
