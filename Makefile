@@ -9,7 +9,9 @@ PIP := $(PY) -m pip
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PLUGINS := plugins/hf_transformers plugins/timm plugins/yolo
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?= -n 2
+# worksteal: an idle worker takes queued tests from a busy one, so slow tests (marked `slow`)
+# do not end the run on one core; --durations lists the slowest, to keep the suite from growing.
+PYTEST_ARGS ?= -n 2 --dist worksteal --durations=15
 
 .PHONY: setup demo test bench sweep fuzz quality clean
 

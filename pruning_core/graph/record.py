@@ -47,7 +47,9 @@ def ensure_record(module: nn.Module) -> Dict[str, Any]:
     """The module's record, created (with its original state) on first use."""
     record = module.__dict__.get(RECORD_ATTR)
     if record is None:
-        record = {"attrs": plain_attrs(module), "shapes": tensor_shapes(module), "kept": {}, "sizes": {}}
+        # pruned_attrs starts empty: attributes the user sets later are not pruning's changes.
+        record = {"attrs": plain_attrs(module), "shapes": tensor_shapes(module), "kept": {}, "sizes": {},
+                  "pruned_attrs": []}
         module.__dict__[RECORD_ATTR] = record
     return record
 

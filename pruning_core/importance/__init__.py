@@ -14,6 +14,7 @@ from .base import GroupView, Importance, lamp_transform, normalize, reduce_score
 from .gradient import GroupHessianImportance, GroupTaylorImportance
 from .magnitude import (BNScaleImportance, FPGMImportance, GroupMagnitudeImportance, LAMPImportance,
                         MagnitudeImportance)
+from .parity import OBDCImportance
 from .random import RandomImportance
 
 TaylorImportance = GroupTaylorImportance
@@ -37,7 +38,7 @@ def create(name: str, **kwargs: Any) -> Any:
 __all__ = [
     "Importance", "GroupView", "GroupMagnitudeImportance", "MagnitudeImportance", "GroupTaylorImportance",
     "TaylorImportance", "GroupHessianImportance", "HessianImportance", "RandomImportance", "BNScaleImportance",
-    "LAMPImportance", "FPGMImportance", "ActivationImportance", "CalibratedImportance", "WandaImportance",
-    "FLAPImportance", "OBSImportance", "normalize", "reduce_scores", "lamp_transform",
+    "LAMPImportance", "FPGMImportance", "ActivationImportance", "OBDCImportance", "CalibratedImportance",
+    "WandaImportance", "FLAPImportance", "OBSImportance", "normalize", "reduce_scores", "lamp_transform",
     "names", "create",
 ]

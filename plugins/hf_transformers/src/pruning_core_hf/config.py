@@ -69,6 +69,9 @@ def fix_config(model: nn.Module) -> None:
     config = getattr(model, "config", None)
     if config is None:
         return
+    from .io import warn_on_plain_save
+
+    warn_on_plain_save()  # a non-uniform result must not be saved with plain save_pretrained silently
     if ORIGINAL not in model.__dict__:  # restored with the model's __dict__ if a step is undone
         model.__dict__[ORIGINAL] = {k: getattr(config, k) for k in CONFIG_FIELDS if hasattr(config, k)}
     problems: List[str] = []
@@ -168,6 +171,9 @@ def saved_state(model: nn.Module) -> Optional[Dict[str, Any]]:
 
 
 def restore_state(model: nn.Module, state: Dict[str, Any]) -> None:
+    from .io import warn_on_plain_save
+
+    warn_on_plain_save()
     config = model.config
     for key, value in state.items():
         if key in CONFIG_FIELDS:

@@ -17,12 +17,17 @@ def resolve(spec: str) -> Optional[ModelSource]:
     if not os.path.isdir(target):
         raise ConfigurationError(f"hf:{target}: give a local directory with config.json (models are never "
                                  "downloaded); for example one written by save_pretrained")
+    if not os.path.isfile(os.path.join(target, "config.json")):
+        raise ConfigurationError(f"hf:{target}: the directory has no config.json; expected a transformers model "
+                                 "directory written by save_pretrained (config.json and the weights)")
     import transformers
+
+    from .io import from_pretrained
 
     config = transformers.AutoConfig.from_pretrained(target)
     names = getattr(config, "architectures", None) or []
-    model_class = getattr(transformers, names[0], None) if names else transformers.AutoModel
-    model = model_class.from_pretrained(target).eval()
+    # from_pretrained also loads models whose layers were pruned differently (pruning.json).
+    model = from_pretrained(target, model_class=None if names else transformers.AutoModel).eval()
     inputs = _example_inputs(model, target)
     keep = tuple(m for m in (getattr(model, "get_output_embeddings", lambda: None)(),) if m is not None)
     return ModelSource(model, inputs, spec, keep=keep, description=f"{type(model).__name__} from {target}")
