@@ -9,7 +9,7 @@ use it to name both sides.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from .errors import PluginError
 
@@ -250,6 +250,8 @@ class ModelSource:
     :param forward_fn: how to call the model, when ``model(inputs)`` is not enough.
     :param make_batch: ``make_batch(i)`` returns calibration batch ``i`` (defaults to random inputs).
     :param description: one line shown by the command line (``"timm convnext_tiny (random weights)"``).
+    :param encode_text: for text models, ``encode_text(lines)`` turns a list of strings into one batch
+        in the form of ``example_inputs`` (so ``--calib corpus.txt`` can calibrate on real text).
     """
 
     model: Any
@@ -259,6 +261,7 @@ class ModelSource:
     forward_fn: Optional[Callable[..., Any]] = None
     make_batch: Optional[Callable[[int], Any]] = None
     description: str = ""
+    encode_text: Optional[Callable[[List[str]], Any]] = None
 
 
 @dataclasses.dataclass(frozen=True)

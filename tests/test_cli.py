@@ -133,6 +133,48 @@ def test_calibration_file_is_split_into_batches(tmp_path, model_file, capsys):
     assert "scoring: " in stderr and "(3/3)" in stderr  # 6 samples in batches of 2
 
 
+
+SEEDED_FILE = """
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    return model, torch.randn(2, 8)
+"""
+
+
+def test_calibrated_criterion_and_compensation_from_the_command_line(tmp_path, capsys):
+    # --compensate lstsq refits the layers that read the removed channels: with the same kept channels,
+    # the pruned model is closer to the dense one on the calibration data than without compensation.
+    (tmp_path / "seeded.py").write_text(SEEDED_FILE)
+    spec = f"file:{tmp_path / 'seeded.py'}:build"
+    calib = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    torch.save(calib, tmp_path / "calib.pt")
+    errors, last_weights = {}, {}
+    dense = build_seeded(tmp_path)
+    for method in ("none", "lstsq"):
+        out = tmp_path / method
+        code, stdout, stderr = main(capsys, "prune", spec, "--ratio", "0.5", "--importance", "wanda", "--compensate",
+                                    method, "--calib", str(tmp_path / "calib.pt"), "-o", str(out), "--no-latency",
+                                    "--json")
+        assert code == 0, stderr
+        assert json.loads(stdout)["reload_check"]["ok"]
+        pruned = tp.load_pruned(build_seeded(tmp_path), str(out))
+        assert pruned[2].in_features == 16 and pruned[4].in_features == 16
+        with torch.no_grad():
+            errors[method] = (pruned(calib) - dense(calib)).pow(2).mean().item()
+        last_weights[method] = pruned[4].weight.detach().clone()
+    assert not torch.equal(last_weights["none"], last_weights["lstsq"])
+    assert errors["lstsq"] < errors["none"]
+
+
+def build_seeded(tmp_path):
+    namespace = {}
+    exec(compile(SEEDED_FILE, str(tmp_path / "seeded.py"), "exec"), namespace)
+    return namespace["build"]()[0].eval()
+
 @pytest.mark.slow
 def test_file_specs_are_saved_absolute_so_inspect_works_from_elsewhere(tmp_path, model_file, capsys):
     out = tmp_path / "saved"
@@ -244,6 +286,8 @@ def no_building(monkeypatch):
     (["prune", "torchvision:resnet18", "--ratio", "0.5", "--importance", "taylor", "--calib", "missing.pt", "-o",
       "x"], "--calib missing.pt: no such file"),
     (["prune", "torchvision:resnet18", "--ratio", "0.5", "--calib", "4", "-o", "x"], "does not use it"),
+    (["prune", "torchvision:resnet18", "--ratio", "0.5", "--calib", "corpus.txt", "--importance", "wanda", "-o",
+      "x"], "--calib corpus.txt: no such file"),
     (["prune", "torchvision:resnet18", "--ratio", "0.5", "--input-shape", "1,a,3", "-o", "x"], "--input-shape must"),
     (["prune", "--ignore", "fc", "torchvision:resnet18", "--ratio", "0.5", "-o", "x"],
      "--ignore takes every name up to the next option, so it also took the model 'torchvision:resnet18'"),
@@ -407,3 +451,21 @@ def test_hf_non_uniform_prune_and_the_plain_save_warning(tmp_path):
     # The saved directory is a model spec again (hf:), inspectable from anywhere.
     inspected = cli("inspect", f"hf:{out}", "--json", cwd="/")
     assert inspected.returncode == 0, inspected.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_hf_text_calibration_with_the_models_tokenizer(tmp_path):
+    # --calib corpus.txt is tokenized with the model's own tokenizer, one sample per line.
+    _hf_source(tmp_path / "src")
+    (tmp_path / "corpus.txt").write_text("pruning removes whole channels .\n\nthe model runs fast\n" * 6)
+    out = tmp_path / "out"
+    result = cli("prune", f"hf:{tmp_path / 'src'}", "--ratio", "0.5", "--importance", "wanda", "--compensate",
+                 "bias", "--calib", str(tmp_path / "corpus.txt"), "-o", str(out), "--no-latency", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["reload_check"]["ok"] and report["after"]["params"] < report["before"]["params"]
+    # bias compensation gave the bias-free LLaMA projections biases: only the plugin's format can say so
+    assert report["saved"]["stock_loadable"] is False and (out / "pruning.json").exists()
+    plain = cli("prune", "torchvision:resnet18", "--ratio", "0.5", "--importance", "wanda", "--calib",
+                str(tmp_path / "corpus.txt"), "-o", str(tmp_path / "r"), "--no-latency")
+    assert plain.returncode == 2 and "text calibration needs a model with a tokenizer" in plain.stderr

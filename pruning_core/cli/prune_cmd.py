@@ -20,7 +20,7 @@ from ..utils.progress import phase
 from ..utils.tools import flatten_as_list
 from . import report, saving
 from .sources import check_runs, random_like, resolve, run_model
-from .validate import DATA_CRITERIA, check_prune_args, ignored_modules
+from .validate import CALIBRATED_CRITERIA, DATA_CRITERIA, check_prune_args, ignored_modules, uses_calibration
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,9 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--ignore", nargs="+", action="extend", default=[], metavar="NAME",
                         help="modules whose output channels are kept (put it after MODEL)")
     parser.add_argument("--iterative-steps", type=int, default=1)
+    parser.add_argument("--compensate", default="none", choices=("none", "bias", "lstsq"),
+                        help="repair the layers after removing channels: bias (add the removed channels' mean "
+                             "contribution to the bias) or lstsq (refit the kept weights); needs --calib")
     parser.add_argument("--calib", default=None,
-                        help=f"calibration data for {', '.join(sorted(DATA_CRITERIA))}: a number of random "
-                             "batches, or a .pt file with a tensor (split into batches) or a list of batches")
+                        help=f"calibration data for {', '.join(sorted(DATA_CRITERIA | CALIBRATED_CRITERIA))} and "
+                             "--compensate: a number of random batches, a .pt file with a tensor (split into "
+                             "batches) or a list of batches, or for hf: models a text file (one sample per line, "
+                             "tokenized with the model's tokenizer)")
     parser.add_argument("--input-shape", default=None, help="example input shape, for example 1,3,224,224")
     parser.add_argument("--output", "-o", required=True,
                         help="a directory (weights.safetensors + pruning.json; a transformers directory for hf: "
@@ -53,7 +58,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _calibration(source: Any, calib: Optional[str], data: Any, count_default: int = 4) -> List[Any]:
+def _calibration(source: Any, calib: Optional[str], data: Any, count_default: int = 4,
+                 lines_per_batch: int = 8) -> List[Any]:
+    if isinstance(data, list) and data and all(isinstance(line, str) for line in data):
+        if source.encode_text is None:
+            raise ConfigurationError(f"--calib {calib}: {source.spec} has no tokenizer to encode text with; give "
+                                     "a .pt file of batches instead")
+        return [source.encode_text(data[i:i + lines_per_batch]) for i in range(0, len(data), lines_per_batch)]
     if data is None:
         count = int(calib) if calib is not None else count_default
         make = source.make_batch or (lambda i: random_like(source.example_inputs))
@@ -160,11 +171,16 @@ def run(args: argparse.Namespace) -> int:
     before = _count(source)
     widths_before = _layer_widths(model)
     original = _unpruned_copy(source) if not args.no_latency else None
+    batches = _calibration(source, args.calib, calib_data) if uses_calibration(args) else []
+    calibrated = args.importance in CALIBRATED_CRITERIA or args.compensate != "none"
     with phase("tracing"):
         pruner = BasePruner(model, source.example_inputs, importance=importance, pruning_ratio=args.ratio,
                             global_pruning=args.global_pruning, round_to=args.round_to, ignored_layers=ignored,
-                            iterative_steps=args.iterative_steps, forward_fn=source.forward_fn)
-    batches = _calibration(source, args.calib, calib_data) if args.importance in DATA_CRITERIA else []
+                            iterative_steps=args.iterative_steps, forward_fn=source.forward_fn,
+                            calibration=batches if calibrated else None,
+                            compensation=None if args.compensate == "none" else args.compensate)
+    if args.importance not in DATA_CRITERIA:
+        batches = []  # the pruner scores (and compensates) from calibration itself
     for step in range(1, args.iterative_steps + 1):
         suffix = f" {step}/{args.iterative_steps}" if args.iterative_steps > 1 else ""
         if batches:

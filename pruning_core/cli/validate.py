@@ -16,7 +16,30 @@ import torch
 from ..errors import ConfigurationError
 from .sources import is_pt_file, parse_shape
 
+# Criteria the command line scores itself from --calib batches (gradients or recorded activations).
 DATA_CRITERIA = {"taylor", "hessian", "activation", "obdc"}
+# Criteria the pruner scores from calibration statistics (``calibration=``); compensation needs them too.
+CALIBRATED_CRITERIA = {"wanda", "flap", "obs"}
+COMPENSATIONS = ("none", "bias", "lstsq")
+TEXT_SUFFIXES = (".txt", ".text")
+
+
+def uses_calibration(args: argparse.Namespace) -> bool:
+    """Whether this run feeds --calib batches to anything."""
+    return (args.importance in DATA_CRITERIA or args.importance in CALIBRATED_CRITERIA
+            or args.compensate != "none")
+
+
+def load_text_lines(path: str) -> List[str]:
+    """Non-empty lines of a --calib text file (one sample per line)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"--calib {path} cannot be read as UTF-8 text: {exc}") from None
+    if not lines:
+        raise ConfigurationError(f"--calib {path} has no non-empty lines; give one calibration text per line")
+    return lines
 
 
 def check_model_argument(args: argparse.Namespace) -> None:
@@ -98,6 +121,8 @@ def check_prune_args(args: argparse.Namespace) -> Optional[Any]:
         raise ConfigurationError(f"--iterative-steps must be at least 1, got {args.iterative_steps}")
     if args.round_to is not None and args.round_to < 1:
         raise ConfigurationError(f"--round-to must be a positive number of channels, got {args.round_to}")
+    if args.compensate not in COMPENSATIONS:
+        raise ConfigurationError(f"--compensate must be one of {', '.join(COMPENSATIONS)}, got {args.compensate!r}")
     if args.latency_budget <= 0:
         raise ConfigurationError(f"--latency-budget must be a positive number of seconds, got {args.latency_budget}")
     importance_module.names()  # loads the registry; an unknown name raises with close matches below
@@ -118,11 +143,17 @@ def check_prune_args(args: argparse.Namespace) -> Optional[Any]:
         elif not os.path.isfile(args.calib):
             raise ConfigurationError(f"--calib {args.calib}: no such file. Give a number of random batches (for "
                                      "example 8) or a .pt file holding a tensor of samples or a list of batches")
+        elif args.calib.lower().endswith(TEXT_SUFFIXES):
+            if not args.model.startswith("hf:"):
+                raise ConfigurationError(f"--calib {args.calib}: text calibration needs a model with a tokenizer "
+                                         "(an hf: model); give a .pt file of batches or a number instead")
+            calib_data = load_text_lines(args.calib)
         else:
             calib_data = load_calibration_file(args.calib)
-        if args.importance not in DATA_CRITERIA:
-            raise ConfigurationError(f"--calib feeds data to {', '.join(sorted(DATA_CRITERIA))}; "
-                                     f"--importance {args.importance} does not use it")
+        if not uses_calibration(args):
+            users = sorted(DATA_CRITERIA | CALIBRATED_CRITERIA)
+            raise ConfigurationError(f"--calib feeds data to {', '.join(users)} and to --compensate bias/lstsq; "
+                                     f"--importance {args.importance} without --compensate does not use it")
     return calib_data
 
 

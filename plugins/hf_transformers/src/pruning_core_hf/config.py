@@ -111,6 +111,7 @@ def fix_config(model: nn.Module) -> None:
                 updates["n_inner"] = width
             elif hasattr(config, "intermediate_size"):
                 updates["intermediate_size"] = width
+    problems.extend(_added_parameters(model))
     if problems:
         for key, value in model.__dict__[ORIGINAL].items():
             if key != "pruning_core":
@@ -120,6 +121,17 @@ def fix_config(model: nn.Module) -> None:
     for key, value in updates.items():
         setattr(config, key, value)
     config.pruning_core = {"uniform": True}
+
+
+def _added_parameters(model: nn.Module) -> List[str]:
+    """Parameters pruning added (biases from compensation): a config cannot declare them per layer."""
+    from pruning_core.graph.record import added_tensors
+
+    added = [f"{name}.{tensor}" for name, module in model.named_modules() for tensor in added_tensors(module)]
+    if not added:
+        return []
+    more = f" and {len(added) - 3} more" if len(added) > 3 else ""
+    return [f"compensation added parameters the config cannot declare ({', '.join(added[:3])}{more})"]
 
 
 def _separate_head_dim(blocks: List[nn.Module]) -> bool:

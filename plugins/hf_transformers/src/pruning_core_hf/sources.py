@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 
@@ -30,7 +30,25 @@ def resolve(spec: str) -> Optional[ModelSource]:
     model = from_pretrained(target, model_class=None if names else transformers.AutoModel).eval()
     inputs = _example_inputs(model, target)
     keep = tuple(m for m in (getattr(model, "get_output_embeddings", lambda: None)(),) if m is not None)
-    return ModelSource(model, inputs, spec, keep=keep, description=f"{type(model).__name__} from {target}")
+    return ModelSource(model, inputs, spec, keep=keep, description=f"{type(model).__name__} from {target}",
+                       encode_text=_text_encoder(target))
+
+
+def _text_encoder(directory: str) -> Optional[Callable[[List[str]], Any]]:
+    """The model's own tokenizer as ``lines -> batch`` (padded), or None where the directory has none."""
+    import transformers
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    except Exception:  # vision models and directories without tokenizer files
+        return None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder tokenizers often have no pad token
+
+    def encode(lines: List[str]) -> Any:
+        return dict(tokenizer(lines, return_tensors="pt", padding=True, truncation=True, max_length=128))
+
+    return encode
 
 
 def _example_inputs(model: Any, directory: str) -> Any:
