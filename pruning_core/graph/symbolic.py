@@ -169,6 +169,8 @@ class SizeTracker(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        if self.recorder.handled_depth:  # inside a handled layer nothing is recorded: stay out of the way
+            return func(*args, **kwargs)
         if func in self.getters:
             return self._traced_shape(func(*args, **kwargs), args)
         ints = _ints_in(args, kwargs)

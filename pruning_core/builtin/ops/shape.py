@@ -116,6 +116,8 @@ def reshape(call: OpCall) -> None:
             block_out = [space.frozen(size, note) for size in sizes]
         for j, expr in zip(out_idx, block_out):
             result[j] = expr
+    # Taken before following sizes: following may create the slots of a layer that has not run yet.
+    created = [a for a in space.atoms[first_new:] if a.parent is None and a.definition is None]
     requested = call.arg("size") if call.arg("size") is not None else call.arg("shape")
     followed = set()
     if isinstance(requested, (list, tuple)) and len(requested) == out.ndim:
@@ -123,7 +125,6 @@ def reshape(call: OpCall) -> None:
         for j, traced in enumerate(call.follow_sizes(requested, result)):
             if traced:
                 followed.update(id(a) for a in leaves(result[j]))
-    created = [a for a in space.atoms[first_new:] if a.parent is None and a.definition is None]
     origin = _split_origin(call)
     for position, atom in enumerate(created):
         if id(atom) in followed:
