@@ -163,16 +163,18 @@ def _trace(model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output
     """
     from .meta import to_meta, weights_on_meta
 
-    failure: Optional[Tuple[Exception, Recorder]] = None
+    failure: Optional[Tuple[Exception, Optional[Recorder]]] = None
     declared = resolver.hub.size_attributes(model)  # SizeAttribute records: followed while tracing
     for on_meta, symbolic in ((True, True), (True, False), (False, True), (False, False)):
-        recorder = Recorder(model, resolver.handler_of, resolver.rule_for, pointwise)
+        recorder: Optional[Recorder] = None
         try:
             if on_meta:
                 with weights_on_meta(model):
+                    recorder = Recorder(model, resolver.handler_of, resolver.rule_for, pointwise)  # meta params
                     run_trace(model, recorder, to_meta(inputs), forward_fn, output_transform, on_meta=True,
                               symbolic=symbolic, size_attributes=declared)
             else:
+                recorder = Recorder(model, resolver.handler_of, resolver.rule_for, pointwise)
                 run_trace(model, recorder, inputs, forward_fn, output_transform, symbolic=symbolic,
                           size_attributes=declared)
             return recorder, on_meta
@@ -181,7 +183,7 @@ def _trace(model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output
         except Exception as exc:  # value-dependent forward (.item(), data-dependent shapes): try the next way
             failure = (exc, recorder)
     exc, recorder = failure
-    where = recorder.error_scope or recorder.current_scope
+    where = (recorder.error_scope or recorder.current_scope) if recorder is not None else None
     raise TracingError(
         f"the forward pass failed while tracing{f' in {where}' if where else ''}: "
         f"{type(exc).__name__}: {exc}. Check example_inputs, or pass forward_fn(model, inputs)") from exc
