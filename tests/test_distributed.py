@@ -10,6 +10,7 @@ import copy
 import math
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -325,8 +326,15 @@ def _fail_on_rank_one(rank: int, world: int) -> str:
 @pytest.mark.slow
 def test_the_readme_recipe_runs_with_torchrun(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-                           str(ROOT / "examples" / "distributed_pruning.py")],
-                          capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert "replicas identical: True" in done.stdout
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "examples" / "distributed_pruning.py")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=tmp_path, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # torchrun and its workers: nothing is left running
+        process.communicate()
+        pytest.fail("torchrun did not finish within 120 s")
+    assert process.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    assert "replicas identical: True" in stdout
