@@ -6,6 +6,8 @@ anything is removed). The optimizer keeps its momentum for the kept channels, DD
 around the pruned model, and training goes on. CPU and gloo here; use "nccl" on GPUs.
 """
 
+import gc
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -66,6 +68,8 @@ def main():
         params = sum(p.numel() for p in ddp_model.module.parameters())
         print(f"parameters after pruning: {params}, loss: {loss:.4f}")
         print(f"replicas identical: {all(torch.equal(g, gathered[0]) for g in gathered)}")
+    del ddp_model  # release DDP's reducer before the process group goes away
+    gc.collect()
     dist.destroy_process_group()
 
 
