@@ -323,6 +323,18 @@ def _fail_on_rank_one(rank: int, world: int) -> str:
     return "fine"
 
 
+def test_the_readme_recipe_is_the_example_script():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("\n## Pruning in distributed training\n"):]
+    section = section[:section.index("\n## ", 5)]
+    block = section[section.index("```python\n") + 10:]
+    block = block[:block.index("```")]
+    example = {line.strip() for line in (ROOT / "examples" / "distributed_pruning.py").read_text().splitlines()}
+    missing = [line for line in block.splitlines() if line.strip() and line.strip() not in example]
+    assert not missing, f"README lines not in examples/distributed_pruning.py: {missing}"
+    assert "torchrun --nproc_per_node=2 examples/distributed_pruning.py" in section
+
+
 @pytest.mark.slow
 def test_the_readme_recipe_runs_with_torchrun(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
