@@ -96,6 +96,19 @@ def divergent(rank: int, world: int) -> dict:
             out[flag] = ("pruned", pruner.pruning_history())
         except tp.PlanMismatchError as exc:
             out[flag] = ("mismatch", str(exc), before == sum(p.numel() for p in model.parameters()))
+    # Replicas pruned differently (distributed=False) cannot be wrapped together again.
+    from torch.nn.parallel import DistributedDataParallel
+
+    from pruning_core.distributed import rewrap
+
+    wrapped = DistributedDataParallel(make_model())
+    tp.pruner.BasePruner(wrapped.module, torch.randn(1, 3, 8, 8), pruning_ratio=0.5, distributed=False,
+                         importance=tp.importance.RandomImportance(seed=rank)).step()
+    try:
+        rewrap(wrapped)
+        out["rewrap"] = None
+    except tp.DistributedError as exc:
+        out["rewrap"] = str(exc)
     return out
 
 
@@ -235,6 +248,9 @@ def test_a_divergent_plan_raises_on_both_ranks_and_removes_nothing(rank_results)
         assert outcome[False][0] == "pruned"  # distributed=False: no check, the ranks silently differ
     histories = [result(rank_results, "divergent", rank)[False][1] for rank in range(WORLD)]
     assert histories[0] != histories[1]
+    for rank in range(WORLD):
+        message = result(rank_results, "divergent", rank)["rewrap"]
+        assert message is not None and "rank 0 has" in message and "rank 1 has" in message
 
 
 def test_ddp_train_prune_rewrap_train(rank_results):

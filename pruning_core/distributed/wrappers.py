@@ -62,18 +62,28 @@ def check_model(model: nn.Module) -> None:
 
 
 def _shape_lines(module: nn.Module) -> List[str]:
-    return [f"{name}:{tuple(t.shape)}" for name, t in module.state_dict(keep_vars=True).items()
-            if isinstance(t, torch.Tensor)]
+    """Every tensor's shape and, for pruned modules, which original channels were removed."""
+    from ..graph.record import changes
+
+    lines = [f"{name}:{tuple(t.shape)}" for name, t in module.state_dict(keep_vars=True).items()
+             if isinstance(t, torch.Tensor)]
+    for name, sub in module.named_modules():
+        changed = changes(sub)
+        if changed is not None:
+            lines.extend(f"{name or '<model>'} removed {key}: {sorted(gone)}"
+                         for key, gone in sorted(changed["removed"].items()))
+    return lines
 
 
 def rewrap(ddp_model: nn.Module, **ddp_kwargs: Any) -> nn.Module:
     """A new ``DistributedDataParallel`` around ``ddp_model.module``, after pruning changed its parameters.
 
     DDP keeps references to the parameters it was built with, so a pruned module needs a new
-    wrapper. Settings (``device_ids``, ``output_device``, ``process_group``,
+    wrapper (and it would silently copy rank 0's weights over replicas pruned differently). Settings (``device_ids``, ``output_device``, ``process_group``,
     ``find_unused_parameters``, ``gradient_as_bucket_view``, ``static_graph``, ``dim``) are taken
     from the old wrapper; ``ddp_kwargs`` override them. Before wrapping, the ranks compare parameter
-    and buffer shapes and raise :class:`DistributedError` on all ranks if they differ. Re-create
+    and buffer shapes and the channels pruning removed, and raise :class:`DistributedError` on all
+    ranks if they differ. Re-create
     the optimizer's state with :func:`pruning_core.utils.prune_optimizer_state` (or build a new
     optimizer) afterwards: the old one still points at the old parameters. Discard the old wrapper.
     """
@@ -112,7 +122,8 @@ def _check_same_shapes(module: nn.Module, group: Any) -> None:
         for mine, theirs in zip(every[0], other):
             if mine != theirs:
                 raise DistributedError(f"rewrap: rank 0 has {mine} but rank {rank} has {theirs}; the ranks pruned "
-                                       "differently, so the replicas cannot be wrapped together")
+                                       "differently, so the replicas cannot be wrapped together (prune with "
+                                       "distributed=None or True so every rank removes the same channels)")
     raise DistributedError("rewrap: the ranks' modules have different parameters or buffers; the replicas "
                            "cannot be wrapped together")
 
