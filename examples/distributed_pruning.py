@@ -1,9 +1,10 @@
-"""Prune inside a DistributedDataParallel training loop; run with ``torchrun --nproc_per_node=2``.
+"""Prune inside a DistributedDataParallel training loop: torchrun --nproc_per_node=2 examples/distributed_pruning.py
 
-Each rank trains on its own data, gathers Taylor scores from its own calibration batches, and
-the pruner sums them across ranks, so every rank removes the same channels (checked before
-anything is removed). The optimizer keeps its momentum for the kept channels, DDP is rebuilt
-around the pruned model, and training goes on. CPU and gloo here; use "nccl" on GPUs.
+Each rank trains on its own data and gathers Taylor scores from its own calibration batches; the
+pruner reduces them across ranks, so every rank removes the same channels (checked before anything
+is removed). The optimizer keeps its momentum for the kept channels, DDP is rebuilt around the
+pruned model, and training goes on. CPU and gloo here; use "nccl" on GPUs. The README's
+"Pruning in distributed training" shows this file from its imports on.
 """
 
 import gc
@@ -24,8 +25,17 @@ def batches(rank, count, size=8):
         yield torch.randn(size, 3, 16, 16, generator=generator), torch.randint(0, 10, (size,), generator=generator)
 
 
+def train(ddp_model, optimizer, rank, steps):
+    for x, y in batches(rank, steps):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(ddp_model(x), y)
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
 def main():
-    dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+    dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT
     rank = dist.get_rank()
     torch.manual_seed(0)  # the same initial model on every rank
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
@@ -33,40 +43,25 @@ def main():
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
     ddp_model = DDP(model)
     optimizer = torch.optim.SGD(ddp_model.parameters(), lr=0.05, momentum=0.9)
+    train(ddp_model, optimizer, rank, 3)
 
-    def train(steps):
-        for x, y in batches(rank, steps):
-            optimizer.zero_grad()
-            loss = F.cross_entropy(ddp_model(x), y)
-            loss.backward()
-            optimizer.step()
-        return loss.item()
-
-    train(3)
-
-    # 1. Scores from this rank's calibration data (DDP already averages the gradients; the
-    #    pruner reduces whatever a criterion accumulates, so any criterion works the same way).
+    # Taylor scores from this rank's calibration batches (the pruner reduces them across ranks).
     optimizer.zero_grad()
     for x, y in batches(rank, 2):
         F.cross_entropy(ddp_model(x), y).backward()
-    # 2. Prune the wrapped module (not the DDP wrapper); distributed=None reduces and checks
-    #    across ranks because torch.distributed is initialized.
-    example = torch.randn(1, 3, 16, 16)
-    pruner = tp.pruner.BasePruner(ddp_model.module, example, importance=tp.importance.GroupTaylorImportance(),
-                                  pruning_ratio=0.5)
+    # Prune the wrapped module, not the wrapper: every rank removes the same channels.
+    pruner = tp.pruner.BasePruner(ddp_model.module, torch.randn(1, 3, 16, 16),
+                                  importance=tp.importance.GroupTaylorImportance(), pruning_ratio=0.5)
     pruner.step()
-    # 3. Keep the optimizer's momentum for the kept channels, then wrap the pruned model again.
-    tp.utils.prune_optimizer_state(optimizer, ddp_model.module)
-    ddp_model = rewrap(ddp_model)
-    loss = train(3)
+    tp.utils.prune_optimizer_state(optimizer, ddp_model.module)  # momentum of the kept channels
+    ddp_model = rewrap(ddp_model)  # DDP held the old parameters
+    loss = train(ddp_model, optimizer, rank, 3)
 
-    # Every rank holds the same model.
     flat = torch.cat([p.detach().reshape(-1) for p in ddp_model.module.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
     if rank == 0:
-        params = sum(p.numel() for p in ddp_model.module.parameters())
-        print(f"parameters after pruning: {params}, loss: {loss:.4f}")
+        print(f"parameters after pruning: {flat.numel()}, loss: {loss:.4f}")
         print(f"replicas identical: {all(torch.equal(g, gathered[0]) for g in gathered)}")
     del ddp_model  # release DDP's reducer before the process group goes away
     gc.collect()

@@ -86,8 +86,15 @@ class GroupHessianImportance(Importance):
 
     @torch.no_grad()
     def reduce_state(self, reducer: Any, model: nn.Module) -> None:
-        """Sum the accumulated squared gradients and sample counts over the ranks."""
+        """Sum the accumulated squared gradients and sample counts over the ranks.
+
+        With nothing accumulated (scoring from ``.grad`` alone), average ``.grad`` instead, as
+        DDP does: the square of the averaged gradient is what one process on all the data scores.
+        """
         names = {id(p): name for name, p in model.named_parameters()}
+        if not self._accumulated:
+            GroupTaylorImportance.reduce_state(self, reducer, model)  # type: ignore[arg-type]
+            return
         state: Dict[str, torch.Tensor] = {}
         for key, total in self._accumulated.items():
             if key in names:  # parameters pruning replaced since are left out (same on every rank)
