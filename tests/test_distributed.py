@@ -96,6 +96,13 @@ def divergent(rank: int, world: int) -> dict:
             out[flag] = ("pruned", pruner.pruning_history())
         except tp.PlanMismatchError as exc:
             out[flag] = ("mismatch", str(exc), before == sum(p.numel() for p in model.parameters()))
+    pruner = tp.pruner.BasePruner(make_model(), torch.randn(1, 3, 8, 8), pruning_ratio=0.5,
+                                  importance=tp.importance.RandomImportance(seed=rank))
+    try:
+        pruner.step(interactive=True)  # the plan is checked before the first group is handed out
+        out["interactive"] = None
+    except tp.PlanMismatchError as exc:
+        out["interactive"] = str(exc)
     # Replicas pruned differently (distributed=False) cannot be wrapped together again.
     from torch.nn.parallel import DistributedDataParallel
 
@@ -167,6 +174,18 @@ def group_norm(rank: int, world: int) -> dict:
     return {"grads": grads}
 
 
+def growing_reg(rank: int, world: int) -> dict:
+    """No DDP: each rank's Taylor gradients are its own until update_regularizer() reduces them."""
+    model = make_model()
+    pruner = tp.pruner.GrowingRegPruner(model, torch.randn(1, 3, 8, 8), pruning_ratio=0.5, reg=1e-3,
+                                        delta_reg=1e-1, importance=tp.importance.GroupTaylorImportance())
+    x, y = local(rank, world)
+    F.cross_entropy(model(x), y).backward()
+    pruner.update_regularizer()  # grows the penalty of the same channels on every rank
+    pruner.regularize(model)
+    return {"grads": [{n: p.grad.detach().clone() for n, p in model.named_parameters()}]}
+
+
 def fsdp(rank: int, world: int) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
@@ -188,7 +207,7 @@ def fsdp(rank: int, world: int) -> dict:
     return {"error": error, "finite": bool(torch.isfinite(out).all()), "shape": tuple(out.shape)}
 
 
-SCENARIOS = {f.__name__: f for f in (taylor, activation, hessian, divergent, ddp, group_norm, fsdp)}
+SCENARIOS = {f.__name__: f for f in (taylor, activation, hessian, divergent, ddp, group_norm, growing_reg, fsdp)}
 
 
 def every_scenario(rank: int, world: int) -> dict:
@@ -249,6 +268,7 @@ def test_a_divergent_plan_raises_on_both_ranks_and_removes_nothing(rank_results)
     histories = [result(rank_results, "divergent", rank)[False][1] for rank in range(WORLD)]
     assert histories[0] != histories[1]
     for rank in range(WORLD):
+        assert "rooted at" in result(rank_results, "divergent", rank)["interactive"]
         message = result(rank_results, "divergent", rank)["rewrap"]
         assert message is not None and "rank 0 has" in message and "rank 1 has" in message
 
@@ -262,14 +282,15 @@ def test_ddp_train_prune_rewrap_train(rank_results):
         assert outcome["params"] < sum(p.numel() for p in make_model().parameters())
 
 
-def test_group_norm_regularized_gradients_under_ddp_equal_one_process(rank_results):
-    reference = group_norm(0, 1)["grads"]
+@pytest.mark.parametrize("name", ["group_norm", "growing_reg"])
+def test_regularized_gradients_equal_one_process_on_the_global_batch(rank_results, name):
+    reference = SCENARIOS[name](0, 1)["grads"]
     for rank in range(WORLD):
-        got = result(rank_results, "group_norm", rank)["grads"]
+        got = result(rank_results, name, rank)["grads"]
         for step, (mine, want) in enumerate(zip(got, reference)):
-            for name in want:
-                torch.testing.assert_close(mine[name], want[name], atol=1e-6, rtol=1e-5,
-                                           msg=lambda m: f"step {step} {name}: {m}")
+            for param in want:
+                torch.testing.assert_close(mine[param], want[param], atol=1e-6, rtol=1e-5,
+                                           msg=lambda m: f"step {step} {param}: {m}")
 
 
 def test_fully_sharded_model_is_refused_with_the_recipe_that_works(rank_results):
