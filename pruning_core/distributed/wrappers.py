@@ -79,13 +79,13 @@ def rewrap(ddp_model: nn.Module, **ddp_kwargs: Any) -> nn.Module:
     """A new ``DistributedDataParallel`` around ``ddp_model.module``, after pruning changed its parameters.
 
     DDP keeps references to the parameters it was built with, so a pruned module needs a new
-    wrapper (and it would silently copy rank 0's weights over replicas pruned differently). Settings (``device_ids``, ``output_device``, ``process_group``,
-    ``find_unused_parameters``, ``gradient_as_bucket_view``, ``static_graph``, ``dim``) are taken
-    from the old wrapper; ``ddp_kwargs`` override them. Before wrapping, the ranks compare parameter
-    and buffer shapes and the channels pruning removed, and raise :class:`DistributedError` on all
-    ranks if they differ. Re-create
-    the optimizer's state with :func:`pruning_core.utils.prune_optimizer_state` (or build a new
-    optimizer) afterwards: the old one still points at the old parameters. Discard the old wrapper.
+    wrapper (and it would silently copy rank 0's weights over replicas pruned differently).
+    Settings (``device_ids``, ``output_device``, ``process_group``, ``find_unused_parameters``,
+    ``gradient_as_bucket_view``, ``static_graph``, ``dim``) are taken from the old wrapper;
+    ``ddp_kwargs`` override them. Before wrapping, the ranks compare parameter and buffer shapes
+    and the channels pruning removed, and raise :class:`DistributedError` on all ranks if they
+    differ. Then point the optimizer at the new parameters with
+    :func:`pruning_core.utils.prune_optimizer_state` (or build a new optimizer); discard the old wrapper.
     """
     from torch.nn.parallel import DistributedDataParallel
 

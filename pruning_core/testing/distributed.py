@@ -104,8 +104,10 @@ def run_ranks(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: 
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="pruning_core_ranks_") as folder:
         init_file = os.path.join(folder, "init")
-        processes = [context.Process(target=_entry, args=(rank, world_size, init_file, folder, _where(fn), args, threads),
-                                     daemon=True) for rank in range(world_size)]
+        where = _where(fn)
+        processes = [context.Process(target=_entry, daemon=True,
+                                     args=(rank, world_size, init_file, folder, where, args, threads))
+                     for rank in range(world_size)]
         for process in processes:
             process.start()
         deadline = time.monotonic() + timeout
