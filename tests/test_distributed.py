@@ -103,6 +103,16 @@ def divergent(rank: int, world: int) -> dict:
         out["interactive"] = None
     except tp.PlanMismatchError as exc:
         out["interactive"] = str(exc)
+    model = make_model()
+    imp = tp.importance.ActivationImportance()
+    if rank == 0:  # rank 1 feeds no calibration data
+        with imp.record(model):
+            model(torch.randn(2, 3, 8, 8))
+    try:
+        tp.pruner.BasePruner(model, torch.randn(1, 3, 8, 8), importance=imp, pruning_ratio=0.5).step()
+        out["no_data"] = None
+    except tp.DistributedError as exc:
+        out["no_data"] = (str(exc), sum(p.numel() for p in model.parameters()))
     # Replicas pruned differently (distributed=False) cannot be wrapped together again.
     from torch.nn.parallel import DistributedDataParallel
 
@@ -267,6 +277,10 @@ def test_a_divergent_plan_raises_on_both_ranks_and_removes_nothing(rank_results)
         assert outcome[False][0] == "pruned"  # distributed=False: no check, the ranks silently differ
     histories = [result(rank_results, "divergent", rank)[False][1] for rank in range(WORLD)]
     assert histories[0] != histories[1]
+    for rank in range(WORLD):
+        message, params = result(rank_results, "divergent", rank)["no_data"]
+        assert "ActivationImportance statistics" in message and "rank 0 has 'count/0'" in message
+        assert params == sum(p.numel() for p in make_model().parameters())
     for rank in range(WORLD):
         assert "rooted at" in result(rank_results, "divergent", rank)["interactive"]
         message = result(rank_results, "divergent", rank)["rewrap"]

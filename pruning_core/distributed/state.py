@@ -100,15 +100,19 @@ class StateReducer:
 
 
 def _first_difference(every: List[List[str]]) -> str:
+    """The first entry (``name:shape``) that some rank lacks, in words."""
     reference = every[0]
     for rank, lines in enumerate(every[1:], start=1):
         if lines == reference:
             continue
         only_0 = sorted(set(reference) - set(lines))
         only_r = sorted(set(lines) - set(reference))
-        if only_0 or only_r:
-            return (f"rank 0 has {only_0[0] if only_0 else 'nothing extra'}, rank {rank} has "
-                    f"{only_r[0] if only_r else 'nothing extra'}")
+        if only_0:
+            name, shape = only_0[0].rsplit(":", 1)
+            return f"rank 0 has {name!r} (shape {shape}), rank {rank} has no such entry or another shape"
+        if only_r:
+            name, shape = only_r[0].rsplit(":", 1)
+            return f"rank {rank} has {name!r} (shape {shape}), rank 0 has no such entry or another shape"
         return f"rank {rank} lists them in another order"
     return "the digests differ"
 
