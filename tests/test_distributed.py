@@ -200,6 +200,8 @@ def fsdp(rank: int, world: int) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
 
+    from pruning_core.distributed import unsharded_copy
+
     model = make_model()
     fully_shard(model)
     try:
@@ -209,12 +211,12 @@ def fsdp(rank: int, world: int) -> dict:
         error = str(exc)
     # The recipe: gather the full weights, prune an unsharded copy on every rank, shard again.
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-    plain = make_model()
-    plain.load_state_dict(full)
+    plain = unsharded_copy(model, lambda: make_model().to("meta"))
+    same = all(torch.equal(plain.state_dict()[k], v) for k, v in full.items())
     tp.pruner.MagnitudePruner(plain, torch.randn(1, 3, 8, 8), pruning_ratio=0.5).step()
     fully_shard(plain)
     out = plain(local(rank, world)[0])
-    return {"error": error, "finite": bool(torch.isfinite(out).all()), "shape": tuple(out.shape)}
+    return {"error": error, "finite": bool(torch.isfinite(out).all()), "shape": tuple(out.shape), "same": same}
 
 
 SCENARIOS = {f.__name__: f for f in (taylor, activation, hessian, divergent, ddp, group_norm, growing_reg, fsdp)}
@@ -310,8 +312,8 @@ def test_regularized_gradients_equal_one_process_on_the_global_batch(rank_result
 def test_fully_sharded_model_is_refused_with_the_recipe_that_works(rank_results):
     for rank in range(WORLD):
         outcome = result(rank_results, "fsdp", rank)
-        assert "fully_shard" in outcome["error"] and "full_state_dict=True" in outcome["error"]
-        assert outcome["finite"] and outcome["shape"] == (BATCH // WORLD, 4)
+        assert "fully_shard" in outcome["error"] and "unsharded_copy" in outcome["error"]
+        assert outcome["same"] and outcome["finite"] and outcome["shape"] == (BATCH // WORLD, 4)
 
 
 # -- single process ----------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 * :func:`check_plan` compares a digest of each step's plan across ranks and raises
   :class:`~pruning_core.errors.PlanMismatchError` on every rank if they differ.
 * :func:`rewrap` re-creates a ``DistributedDataParallel`` wrapper after pruning;
-  :func:`check_model` refuses sharded (FSDP/DTensor) models with the supported recipe.
+  :func:`check_model` refuses sharded (FSDP/DTensor) models with the supported recipe, and
+  :func:`unsharded_copy` gathers a sharded model into a plain copy that can be pruned.
 
 Nothing here is imported by ``import pruning_core``; it loads with the pruner.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 from .context import Context, initialized, resolve
 from .plan import PlanEntry, check_plan, entry
 from .state import ReducibleState, StateReducer, reduce_state
-from .wrappers import FSDP_RECIPE, check_model, rewrap
+from .wrappers import FSDP_RECIPE, check_model, rewrap, unsharded_copy
 
 __all__ = ["Context", "initialized", "resolve", "PlanEntry", "check_plan", "entry", "ReducibleState",
-           "StateReducer", "reduce_state", "FSDP_RECIPE", "check_model", "rewrap"]
+           "StateReducer", "reduce_state", "FSDP_RECIPE", "check_model", "rewrap", "unsharded_copy"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import nn
@@ -16,10 +16,10 @@ _CARRIED = ("device_ids", "output_device", "dim", "process_group", "find_unused_
 
 FSDP_RECIPE = (
     "Prune before sharding: build the model, prune it (the same way on every rank), then call fully_shard. "
-    "For a model that is already sharded: gather its full state with "
-    "torch.distributed.checkpoint.state_dict.get_model_state_dict(model, options=StateDictOptions("
-    "full_state_dict=True)), load it into a fresh unsharded copy of the architecture on every rank, prune "
-    "that copy, fully_shard it again and re-create the optimizer (see the README, 'Pruning in distributed "
+    "For a model that is already sharded: plain = pruning_core.distributed.unsharded_copy(model, build) "
+    "(it gathers the full state with get_model_state_dict(model, options=StateDictOptions("
+    "full_state_dict=True)) into build(), a fresh unsharded copy of the architecture, on every rank), prune "
+    "plain, fully_shard it again and re-create the optimizer (see the README, 'Pruning in distributed "
     "training').")
 
 
@@ -59,6 +59,26 @@ def check_model(model: nn.Module) -> None:
         raise UnsupportedModelError(
             f"{len(sharded)} parameter(s) are DTensors (sharded by fully_shard or tensor parallelism), e.g. "
             f"{sharded[0]}; pruning them in place is not supported. {FSDP_RECIPE}")
+
+
+def unsharded_copy(model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module:
+    """A plain (unsharded) copy of a ``fully_shard``-ed model, with its full weights, on every rank.
+
+    ``build()`` returns a fresh model of the same architecture (on the CPU, or on the meta device:
+    it is materialized on the CPU then). Every rank must call this (it gathers the shards). Prune
+    the copy, ``fully_shard`` it again and build a new optimizer; the sharded model is not changed.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    plain = build()
+    if not isinstance(plain, nn.Module):
+        raise ConfigurationError(f"unsharded_copy: build() must return a torch.nn.Module, got {type(plain).__name__}")
+    check_model(plain)  # build() must not shard it
+    if any(p.is_meta for p in plain.parameters()):
+        plain = plain.to_empty(device="cpu")
+    plain.load_state_dict(full)
+    return plain
 
 
 def _shape_lines(module: nn.Module) -> List[str]:
@@ -128,4 +148,4 @@ def _check_same_shapes(module: nn.Module, group: Any) -> None:
                            "cannot be wrapped together")
 
 
-__all__ = ["check_model", "rewrap", "FSDP_RECIPE"]
+__all__ = ["check_model", "rewrap", "unsharded_copy", "FSDP_RECIPE"]
