@@ -233,8 +233,25 @@ def every_scenario(rank: int, world: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def rank_results():
-    return run_ranks(every_scenario, world_size=WORLD, timeout=240)
+def rank_results(tmp_path_factory):
+    """The 2-rank job, run once per test session: pytest-xdist workers share it through a locked file."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return run_ranks(every_scenario, world_size=WORLD, timeout=240)
+    import fcntl
+    import pickle
+
+    shared = tmp_path_factory.getbasetemp().parent / "distributed_rank_results.pkl"
+    with open(str(shared) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker runs the job, the others wait and read it
+        try:
+            if shared.exists():
+                return pickle.loads(shared.read_bytes())
+            results = run_ranks(every_scenario, world_size=WORLD, timeout=240)
+            shared.write_bytes(pickle.dumps(results))
+            return results
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def result(rank_results, name: str, rank: int):
