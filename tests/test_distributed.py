@@ -380,6 +380,15 @@ def test_distributed_true_without_a_process_group_is_a_configuration_error():
         tp.pruner.BasePruner(model, torch.randn(1, 3, 8, 8), distributed="yes")
 
 
+def test_every_built_in_criterion_with_state_takes_part_in_the_reduction():
+    from pruning_core.distributed import ReducibleState
+
+    stateful = [tp.importance.GroupTaylorImportance(), tp.importance.GroupHessianImportance(),
+                tp.importance.ActivationImportance()]
+    assert all(isinstance(imp, ReducibleState) for imp in stateful)
+    assert not isinstance(tp.importance.GroupMagnitudeImportance(), ReducibleState)  # weights only: no state
+
+
 def test_run_ranks_reports_errors_of_each_rank():
     with pytest.raises(RankFailure) as info:
         run_ranks(_fail_on_rank_one, world_size=WORLD, timeout=60)

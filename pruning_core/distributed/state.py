@@ -133,14 +133,4 @@ def reduce_state(owner: Any, model: nn.Module, context: Optional[Context]) -> bo
     return True
 
 
-def parameter_names(model: nn.Module) -> Dict[int, str]:
-    """``id(parameter) -> qualified name`` (names are what agree across ranks)."""
-    return {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
-
-
-def module_names(model: nn.Module) -> Dict[int, str]:
-    """``id(module) -> qualified name``."""
-    return {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
-
-
-__all__ = ["StateReducer", "ReducibleState", "reduce_state", "digest_words", "parameter_names", "module_names"]
+__all__ = ["StateReducer", "ReducibleState", "reduce_state", "digest_words"]
