@@ -23,7 +23,7 @@ from .layer_handler import BasePruningFunc, CoupledPruningFunc
 from .records import (AttentionLayout, ImportanceSpec, LayerHandlerSpec, ModelScheme, ModelSource, OpRuleSpec,
                       PrunerSpec, StateCodec, StructureHint)
 
-_LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing", "distributed")
+_LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing", "function", "distributed")
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,7 @@ from torch import nn
 from .._gc import without_gc
 from ..errors import ConfigurationError, PruneFailedError, PruningError, warn
 from ..graph.depgraph import DependencyGraph
+from ..calibration.runner import Calibrator
 from ..graph.group import Group
 from ..graph.grouping import expand_ignored
 from ..graph.validate import bisect_failures
@@ -68,6 +69,7 @@ class BasePruner:
         self._apply_structure()
         self.current_step = 0
         self._groups = self._plan_groups()
+        self._calibrator = Calibrator(self)  # calibration statistics and compensation (pruning_core/calibration)
 
     # -- seed-compatible attributes -------------------------------------------------
     @property
@@ -158,12 +160,14 @@ class BasePruner:
             return iter(()) if interactive else None
         self.current_step += 1
         try:
-            self.sync_statistics()
+            self._calibrator.before_step(interactive)  # fresh calibration statistics for this step
+            self.sync_statistics()  # reduce this step's statistics across ranks (calibration included)
             if interactive:
                 plan = plan_step(self._groups, self.current_step, self.options, self._score_planned)
                 sync.check_plan(self, plan)
                 return self._interactive(plan)
             self._run_step()
+            self._calibrator.after_step()  # statistics are stale once the step is done: free them
         except BaseException:
             self.current_step -= 1  # the step did not happen
             raise
@@ -179,7 +183,9 @@ class BasePruner:
     def _prune_plan(self, plan: Sequence) -> None:
         for planned, idxs in plan:
             if idxs:
-                group_for(self.DG, planned, idxs).prune()
+                group = group_for(self.DG, planned, idxs)
+                self._calibrator.compensate(group)  # refit the consumers before their inputs go
+                group.prune()
 
     @without_gc
     def _run_step(self) -> None:
@@ -190,11 +196,16 @@ class BasePruner:
         and frozen with the reason, and the step is planned again without them.
         """
         while True:
-            plan = [(g, idxs) for g, idxs in plan_step(self._groups, self.current_step, self.options,
-                                                         self._score_planned) if idxs]
-            sync.check_plan(self, plan)  # every rank must remove the same channels
+            walk = self._calibrator.sequential_walk()  # sequential calibration plans and prunes block by block
+            plan = [] if walk else [(g, idxs) for g, idxs in plan_step(self._groups, self.current_step,
+                                                                         self.options, self._score_planned) if idxs]
+            if not walk:
+                sync.check_plan(self, plan)  # every rank must remove the same channels
             with self.DG.transaction(step=True) as transaction:
-                self._prune_plan(plan)
+                if walk:
+                    plan = walk()
+                else:
+                    self._prune_plan(plan)
                 self.DG.end_step()
                 failure = self.DG.verify() if self.options.validate and plan else None
                 if failure is not None:
@@ -234,7 +245,8 @@ class BasePruner:
         try:
             for planned, idxs in plan:
                 if idxs:
-                    yield group_for(self.DG, planned, idxs)
+                    yield self._calibrator.interactive_group(group_for(self.DG, planned, idxs))
+            self._calibrator.after_step()
             self.DG.end_step()
             failure = self.DG.verify() if self.options.validate else None
             if failure is not None:

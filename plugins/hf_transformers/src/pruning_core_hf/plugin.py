@@ -25,7 +25,10 @@ def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, Structure
         return []
     from .attention import attention_layouts
 
-    records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model))
+    from .depth import block_stack_hints
+
+    # heads; the layer stack (sequential calibration)
+    records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model)) + block_stack_hints(model)
     head = getattr(model, "get_output_embeddings", lambda: None)()
     if head is not None:
         records.append(StructureHint(module=head, keep=True))
