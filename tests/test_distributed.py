@@ -84,6 +84,24 @@ def hessian(rank: int, world: int) -> dict:
     return summary(model, pruner)
 
 
+def calibrated(rank: int, world: int, importance: str, compensation: str) -> dict:
+    """Calibration statistics (moments and Gram matrices) from this rank's share of the data."""
+    model = make_model().eval()
+    x, _ = local(rank, world)
+    pruner = tp.pruner.BasePruner(model, x[:1], importance=importance, compensation=compensation,
+                                  calibration=list(x.split(2)), pruning_ratio=0.5)
+    pruner.step()
+    return summary(model, pruner)
+
+
+def wanda_lstsq(rank: int, world: int) -> dict:
+    return calibrated(rank, world, "wanda", "lstsq")
+
+
+def obs_bias(rank: int, world: int) -> dict:
+    return calibrated(rank, world, "obs", "bias")
+
+
 def divergent(rank: int, world: int) -> dict:
     out = {}
     for flag in (True, False):
@@ -219,7 +237,7 @@ def fsdp(rank: int, world: int) -> dict:
     return {"error": error, "finite": bool(torch.isfinite(out).all()), "shape": tuple(out.shape), "same": same}
 
 
-SCENARIOS = {f.__name__: f for f in (taylor, activation, hessian, divergent, ddp, group_norm, growing_reg, fsdp)}
+SCENARIOS = {f.__name__: f for f in (taylor, activation, hessian, wanda_lstsq, obs_bias, divergent, ddp, group_norm, growing_reg, fsdp)}
 
 
 def every_scenario(rank: int, world: int) -> dict:
@@ -269,7 +287,7 @@ def assert_same_pruning(got: dict, want: dict, atol: float = 1e-6) -> None:
 
 
 # -- tests -------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["taylor", "activation", "hessian"])
+@pytest.mark.parametrize("name", ["taylor", "activation", "hessian", "wanda_lstsq", "obs_bias"])
 def test_scores_from_split_data_equal_one_process_on_all_data(rank_results, name):
     reference = SCENARIOS[name](0, 1)
     assert reference["history"], "the reference pruned nothing: the test would be vacuous"
@@ -279,7 +297,7 @@ def test_scores_from_split_data_equal_one_process_on_all_data(rank_results, name
         assert [result(rank_results, name, r)["batches"] for r in range(WORLD)] == [reference["batches"]] * WORLD
 
 
-@pytest.mark.parametrize("name", ["taylor", "activation", "hessian", "ddp"])
+@pytest.mark.parametrize("name", ["taylor", "activation", "hessian", "wanda_lstsq", "obs_bias", "ddp"])
 def test_both_ranks_end_with_identical_models(rank_results, name):
     first, second = (result(rank_results, name, rank)["state"] for rank in range(WORLD))
     assert first.keys() == second.keys()

@@ -27,6 +27,11 @@ def reduce_statistics(pruner: Any) -> None:
     reduce_state(pruner, pruner.model, found)
 
 
+def reduce_calibration(pruner: Any, statistics: Any) -> None:
+    """Sum freshly collected calibration statistics over the ranks (every block of a sequential walk too)."""
+    reduce_state(statistics, pruner.model, context(pruner))
+
+
 def check_plan(pruner: Any, plan: Sequence) -> None:
     """Raise :class:`~pruning_core.errors.PlanMismatchError` on every rank unless all planned the same."""
     found = context(pruner)
@@ -36,4 +41,4 @@ def check_plan(pruner: Any, plan: Sequence) -> None:
     check_entries(entries, found, pruner.current_step)
 
 
-__all__ = ["context", "reduce_statistics", "check_plan", "check_model"]
+__all__ = ["context", "reduce_statistics", "reduce_calibration", "check_plan", "check_model"]
