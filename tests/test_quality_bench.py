@@ -7,20 +7,15 @@ tables render every kind of row (ran, spread over seeds, not available, failed).
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import pytest
 import torch
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-from quality import data, report, runner  # noqa: E402
-from quality.libs import COMPENSATIONS, NEW_CRITERIA, OURS, SHARED_CRITERIA, TORCH_PRUNING  # noqa: E402
-from quality.section_digits import render as render_digits  # noqa: E402
-from quality.section_lm import render as render_lm  # noqa: E402
-from quality.section_minilm import render as render_minilm  # noqa: E402
+# benchmarks/ is on the test path (pyproject's pythonpath).
+from quality import data, report, runner
+from quality.libs import COMPENSATIONS, NEW_CRITERIA, OURS, SHARED_CRITERIA, TORCH_PRUNING
+from quality.section_digits import render as render_digits
+from quality.section_lm import render as render_lm
+from quality.section_minilm import render as render_minilm
 
 
 @pytest.fixture(scope="module")

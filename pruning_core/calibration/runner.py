@@ -114,6 +114,9 @@ class Calibrator:
         finally:
             for handle in handles:
                 handle.remove()
+        from ..pruner import sync
+
+        sync.reduce_calibration(self.pruner, stats)  # under torch.distributed: the sums of every rank
         self._use(stats)
         self._report(requests, stats)
         return stats

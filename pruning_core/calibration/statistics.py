@@ -183,6 +183,28 @@ class CalibrationStatistics:
     def layers(self) -> List[LayerStatistics]:
         return [s for s in self._layers.values() if s.rows > 0]
 
+    def reduce_state(self, reducer: Any, model: nn.Module) -> None:
+        """Sum every layer's running sums and row counts over the ranks of a process group.
+
+        N ranks with B batches each then hold what one process with all N*B batches would.
+        """
+        fields = ("sum", "sum_sq", "feature_sum", "gram")
+        state: Dict[str, torch.Tensor] = {"batches": torch.tensor(float(self.batches))}
+        for (_, side), layer in self._layers.items():
+            name = f"{layer.qualname}[{side}]"
+            state.update({f"{name}/{f}": getattr(layer, f) for f in fields if getattr(layer, f) is not None})
+            state[f"{name}/rows"] = torch.tensor(float(layer.rows))
+            state[f"{name}/feature_rows"] = torch.tensor(float(layer.feature_rows))
+        summed = reducer.sum(state, "calibration statistics")
+        self.batches = int(round(float(summed["batches"])))
+        for (_, side), layer in self._layers.items():
+            name = f"{layer.qualname}[{side}]"
+            for f in fields:
+                if getattr(layer, f) is not None:
+                    setattr(layer, f, summed[f"{name}/{f}"])
+            layer.rows = int(round(float(summed[f"{name}/rows"])))
+            layer.feature_rows = int(round(float(summed[f"{name}/feature_rows"])))
+
     def reset(self) -> None:
         self._layers.clear()
         self._modules.clear()

@@ -16,6 +16,7 @@ from ..graph.grouping import expand_ignored
 from ..graph.validate import bisect_failures
 from .options import PruningOptions
 from .planning import PlannedGroup, PruningWarning, group_for, plan_step, resolve_ratio
+from . import sync
 from .structure import apply_structure
 
 
@@ -53,6 +54,7 @@ class BasePruner:
     @without_gc
     def __init__(self, model: nn.Module, example_inputs: Any, importance: Any = None, **kwargs: Any) -> None:
         self.options = PruningOptions.from_kwargs(**kwargs)
+        sync.check_model(model)  # a DDP wrapper or a sharded (FSDP) model: a clear error with the recipe
         self.model = model
         self.example_inputs = example_inputs
         if importance is None and self.default_importance is not None:
@@ -159,15 +161,21 @@ class BasePruner:
         self.current_step += 1
         try:
             self._calibrator.before_step(interactive)  # fresh calibration statistics for this step
+            self.sync_statistics()  # reduce this step's statistics across ranks (calibration included)
             if interactive:
-                return self._interactive(plan_step(self._groups, self.current_step, self.options,
-                                                   self._score_planned))
+                plan = plan_step(self._groups, self.current_step, self.options, self._score_planned)
+                sync.check_plan(self, plan)
+                return self._interactive(plan)
             self._run_step()
             self._calibrator.after_step()  # statistics are stale once the step is done: free them
         except BaseException:
             self.current_step -= 1  # the step did not happen
             raise
         return None
+
+    def sync_statistics(self) -> None:
+        """Sum the criterion's accumulated statistics over the ranks (see ``distributed``); step() calls it."""
+        sync.reduce_statistics(self)
 
     def _score_planned(self, planned: PlannedGroup) -> torch.Tensor:
         return self.estimate_importance(planned)
@@ -191,6 +199,8 @@ class BasePruner:
             walk = self._calibrator.sequential_walk()  # sequential calibration plans and prunes block by block
             plan = [] if walk else [(g, idxs) for g, idxs in plan_step(self._groups, self.current_step,
                                                                          self.options, self._score_planned) if idxs]
+            if not walk:
+                sync.check_plan(self, plan)  # every rank must remove the same channels
             with self.DG.transaction(step=True) as transaction:
                 if walk:
                     plan = walk()

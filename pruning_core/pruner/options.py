@@ -62,6 +62,8 @@ class PruningOptions:
     compensation: Optional[str] = None  # None, "bias" or "lstsq"
     sequential: Optional[bool] = None  # None: on where a plugin names the model's stack of blocks
     damping: Optional[float] = None  # lstsq/obs ridge, as a fraction of the mean Gram diagonal (default 0.01)
+    distributed: Optional[bool] = None  # None: reduce and check across ranks when torch.distributed is initialized
+    process_group: Any = None  # the torch.distributed group to reduce over (None: the default group)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "PruningOptions":
@@ -101,6 +103,8 @@ class PruningOptions:
             for module, value in getattr(self, name).items():
                 if not isinstance(module, nn.Module) or not isinstance(value, int) or value < 1:
                     raise ConfigurationError(f"{name} must map modules to positive ints, got {module!r}: {value!r}")
+        if self.distributed is not None and not isinstance(self.distributed, bool):
+            raise ConfigurationError(f"distributed must be None, True or False, got {self.distributed!r}")
         if not callable(self.iterative_pruning_ratio_scheduler):
             raise ConfigurationError("iterative_pruning_ratio_scheduler must be callable(ratio, steps) -> list")
         if self.root_module_types is not None:

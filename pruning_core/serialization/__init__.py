@@ -61,9 +61,9 @@ def decode(value: Any) -> Any:
 def structure_of(model: nn.Module, attributes: Union[None, str, Sequence[str]] = None) -> Dict[str, Any]:
     """Per module name: class, changed attributes, new tensor shapes and lost channels.
 
-    :param attributes: also keep plain attributes that pruning did not change: ``"all"`` for
-        every public plain attribute (numbers, strings, tuples, lists) of every module, or a list
-        of attribute names (dicts of plain data allowed too). Default: only what pruning changed.
+    :param attributes: also keep plain attributes pruning did not change: ``"all"`` (every public plain
+        attribute of every module) or a list of names (dicts of plain data allowed). Default: only what
+        pruning changed.
     """
     keep = attribute_selector(attributes)
     out: Dict[str, Any] = {}
@@ -190,10 +190,8 @@ def is_plain_tree(value: Any) -> bool:
 
 
 def rebuild_structure(model: nn.Module, structure: Dict[str, Any]) -> None:
-    """Resize the recorded tensors and set the recorded attributes on a fresh model (no weights loaded).
-
-    ``structure`` is what :func:`structure_of` returned for the pruned model.
-    """
+    """Resize the recorded tensors and set the recorded attributes on a fresh model (no weights loaded);
+    ``structure`` is what :func:`structure_of` returned for the pruned model."""
     modules = dict(model.named_modules())
     replaced: Dict[int, torch.Tensor] = {}  # keeps tied weights tied
     originals: List[torch.Tensor] = []  # keeps replaced tensors alive, so their ids cannot be reused
@@ -209,9 +207,8 @@ def rebuild_structure(model: nn.Module, structure: Dict[str, Any]) -> None:
         for tname, shape in entry["shapes"].items():
             store = module._parameters if tname in module._parameters else module._buffers
             current = store.get(tname)
-            if current is None and store.get("weight") is not None and tname in store:
-                current = store["weight"].new_empty(0)  # a bias compensation created (the layer had none)
-                current = nn.Parameter(current, requires_grad=store["weight"].requires_grad)
+            if current is None and store.get("weight") is not None and tname in store:  # a bias compensation made
+                current = nn.Parameter(store["weight"].new_empty(0), requires_grad=store["weight"].requires_grad)
             if current is None:
                 raise SerializationError(f"the record resizes {name}.{tname}, which this model does not have")
             if id(current) not in replaced:
