@@ -18,7 +18,7 @@ from . import handlers as hv
 from .build import TracedModel
 from .index import ChannelIndex, Selection, mark_removed
 from .lookup import SlotLookup
-from .expr import current_size
+from .expr import current_size, resolve
 from .record import ensure_record, note_attr_changes, note_removed, plain_attrs
 from .slots import Slot
 from .transaction import TransactionStack, snapshot_deep
@@ -172,7 +172,7 @@ class ChannelRemover:
         for binding in self.traced.recorder.size_bindings:
             if binding.follows_pruning:
                 target = lookup.get(self.traced.name_of(binding.module))  # the model, or a trial copy
-                size = current_size(binding.bound)
+                size = current_size(resolve(binding.bound))  # the atom may have been split since
                 if target is not None and getattr(target, binding.attribute, None) != size:
                     setattr(target, binding.attribute, size)
 
