@@ -1,10 +1,8 @@
 """Frozen records that plugins return from their hooks (``register_*``, ``collect_structure_hints``).
 
-Each record validates itself when created, so a malformed plugin fails at load
-time with a message naming the record and the field. The plugin manager stamps
-every record with the plugin that produced it (``provider``); conflict errors
-use it to name both sides.
-"""
+Each record validates itself when created, so a malformed plugin fails at load time with a
+message naming the record and the field. The plugin manager stamps every record with the
+plugin that produced it (``provider``); conflict errors use it to name both sides."""
 
 from __future__ import annotations
 
@@ -280,12 +278,14 @@ class BlockStack(StructureHint):
 
 @dataclasses.dataclass(frozen=True)
 class SizeAttribute(_Stamped):
-    """Attributes of ``module`` that hold sizes its forward gives to reshapes, splits or new tensors.
+    """Int attributes of ``module`` that size reshapes, splits or new tensors in its forward.
 
-    Return it from ``collect_structure_hints``. While tracing, each one is followed like
-    ``x.shape[1]``: the first shape it sizes (a split part, a channel dim, a head count) is
-    what it measures, and after every pruning the core sets it to that's new size
-    (``torch.split(x, [self.dim_conv, self.dim_untouched])``, ``x.view(B, self.n_heads, -1)``).
+    Return it from ``collect_structure_hints``. While tracing each is followed like ``x.shape[1]``:
+    the first shape it sizes (a split part, a channel dim) is what it measures, and the core sets
+    it to that's new size after every pruning (``torch.split(x, [self.dim_conv, self.dim_untouched])``).
+
+    :param module: the module holding the attributes.
+    :param attributes: one attribute name or a tuple of names; each must hold an int.
     """
 
     module: Any
@@ -294,7 +294,7 @@ class SizeAttribute(_Stamped):
 
     def __post_init__(self) -> None:
         names = (self.attributes,) if isinstance(self.attributes, str) else tuple(self.attributes)
-        object.__setattr__(self, "attributes", names)
+        object.__setattr__(self, "attributes", names)  # always a tuple
         for name in names:
             value = getattr(self.module, name, None)
             if not isinstance(value, int) or isinstance(value, bool):
