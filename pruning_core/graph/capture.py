@@ -37,6 +37,20 @@ def _install_hooks(model: torch.nn.Module, recorder: Recorder, tracer: "_Dispatc
     actions: List[Tuple[str, Any]] = []
 
     def pre(module, args, kwargs):
+        recorder.in_hook = True
+        try:
+            _pre(module, args, kwargs)
+        finally:
+            recorder.in_hook = False
+
+    def post(module, args, kwargs, output=None):
+        recorder.in_hook = True
+        try:
+            _post(module, args, kwargs, output)
+        finally:
+            recorder.in_hook = False
+
+    def _pre(module, args, kwargs):
         if id(module) in recorder.handlers:
             outermost = recorder.handled_depth == 0
             inputs = list(iter_tensors(args)) + list(iter_tensors(kwargs)) if outermost else None
@@ -51,7 +65,7 @@ def _install_hooks(model: torch.nn.Module, recorder: Recorder, tracer: "_Dispatc
         else:
             actions.append(("inner", None))
 
-    def post(module, args, kwargs, output=None):
+    def _post(module, args, kwargs, output=None):
         if not actions:
             return
         kind, inputs = actions.pop()

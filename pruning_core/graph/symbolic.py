@@ -148,6 +148,15 @@ def _shape_getters() -> Tuple[Any, ...]:
     return (torch.Tensor.shape.__get__, torch.Tensor.size)
 
 
+def _sizing_functions() -> frozenset:
+    """Python-level calls whose int arguments the op rules relate to dims (others pass straight through)."""
+    T = torch.Tensor
+    found = [T.view, T.reshape, torch.reshape, T.expand, T.split, torch.split, T.split_with_sizes, T.unflatten,
+             torch.unflatten, T.new_zeros, T.new_ones, T.new_empty, T.new_full, torch.zeros, torch.ones,
+             torch.empty, torch.full]
+    return frozenset(found)
+
+
 def _ints_in(args: Sequence[Any], kwargs: Dict[str, Any]) -> List[Any]:
     """The ints among a call's arguments, in order, looking one level into lists and tuples."""
     found: List[Any] = []
@@ -166,13 +175,16 @@ class SizeTracker(TorchFunctionMode):
         super().__init__()
         self.recorder = recorder
         self.getters = _shape_getters()
+        self.sizing = _sizing_functions()
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if self.recorder.handled_depth:  # inside a handled layer nothing is recorded: stay out of the way
+        if self.recorder.handled_depth or self.recorder.in_hook:  # nothing recorded here: stay out of the way
             return func(*args, **kwargs)
         if func in self.getters:
             return self._traced_shape(func(*args, **kwargs), args)
+        if func not in self.sizing:
+            return func(*args, **kwargs)
         ints = _ints_in(args, kwargs)
         if not any(isinstance(i, TracedSize) for i in ints):
             return func(*args, **kwargs)

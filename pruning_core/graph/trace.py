@@ -103,9 +103,9 @@ class Recorder:
         self.dynamic_atoms: set = set()
         self.data_tainted: set = set()  # serials of tensors computed from data-dependent ones
         self.error_scope: Optional[str] = None
-        # Python-level sizes (see symbolic.py): the ints each enclosing torch call received, and
-        # the module attributes followed as sizes.
+        # Python-level sizes (symbolic.py): ints each enclosing torch call received; followed attributes.
         self.size_hints: List[List[Tuple[int, Any]]] = []
+        self.in_hook = False  # the tracer's own module hooks are running (their shape reads are not the model's)
         self.size_bindings: List[Any] = []
 
     # -- tensor table -----------------------------------------------------------
