@@ -21,7 +21,7 @@ from .graph import Dependency, DependencyGraph, Group, GroupItem
 from .hookspecs import hookimpl, hookspec
 from .layer_handler import BasePruningFunc, CoupledPruningFunc
 from .records import (AttentionLayout, ImportanceSpec, LayerHandlerSpec, ModelScheme, ModelSource, OpRuleSpec,
-                      PrunerSpec, StateCodec, StructureHint)
+                      PrunerSpec, SizeAttribute, StateCodec, StructureHint)
 
 _LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing", "function", "distributed")
 
@@ -40,7 +40,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "__version__", "DependencyGraph", "Group", "GroupItem", "Dependency", "BasePruningFunc", "CoupledPruningFunc",
     "LayerHandlerSpec", "OpRuleSpec", "ImportanceSpec", "PrunerSpec", "StructureHint", "AttentionLayout", "ModelScheme", "ModelSource",
-    "StateCodec",
+    "StateCodec", "SizeAttribute",
     "hookimpl", "hookspec", "state_dict", "load_state_dict", "save_pruned", "load_pruned",
     "PruningError", "ConfigurationError", "InvalidIndicesError", "UnknownNameError", "GraphError", "TracingError",
     "UnsupportedModelError", "NoHandlerError", "EmptyLayerError", "PruneFailedError", "PluginError",

@@ -39,6 +39,7 @@ from ._registry import Registry
 from .errors import PluginConflictError, PluginError
 from .records import (
     AttentionLayout,
+    SizeAttribute,
     ImportanceSpec,
     LayerHandlerSpec,
     ModelScheme,
@@ -119,7 +120,7 @@ RECORD_TYPES: Dict[str, Tuple[type, ...]] = {
     "register_pruners": (PrunerSpec,),
     "register_model_schemes": (ModelScheme,),
     "register_state_codecs": (StateCodec,),
-    "collect_structure_hints": (StructureHint, AttentionLayout),
+    "collect_structure_hints": (StructureHint, AttentionLayout, SizeAttribute),
 }
 
 
@@ -330,9 +331,16 @@ class PluginHub:
 
         hints: List[StructureHint] = []
         for record in self._records("collect_structure_hints", model=model):
-            hints.extend(layout_hints(record, self.out_channels) if isinstance(record, AttentionLayout)
-                         else [record])
+            if isinstance(record, AttentionLayout):
+                hints.extend(layout_hints(record, self.out_channels))
+            elif isinstance(record, StructureHint):
+                hints.append(record)
         return hints
+
+    def size_attributes(self, model: Any) -> List[Tuple[Any, str]]:
+        """``(module, attribute)`` for every size attribute the plugins declare for ``model``."""
+        return [(record.module, name) for record in self._records("collect_structure_hints", model=model)
+                if isinstance(record, SizeAttribute) for name in record.attributes]
 
     def attention_layouts(self, model: Any) -> List[AttentionLayout]:
         return [r for r in self._records("collect_structure_hints", model=model) if isinstance(r, AttentionLayout)]

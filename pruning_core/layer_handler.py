@@ -159,6 +159,8 @@ OPTIONAL_HANDLER_METHODS: Dict[str, str] = {
     "replaces_tensors": "replaces_tensors = True: the handler puts new tensors in place of pruned ones instead of "
                         "editing them, so undoing a step keeps the old objects instead of copies of their data",
     "default_root": "default_root = True: the layer roots groups in DependencyGraph.get_all_groups() by default",
+    "size_attributes": "size_attributes = {'in_features': 'in', ...}: attributes holding the layer's channel counts; "
+                       "a forward that reads them to size a reshape (view(-1, conv.in_channels)) is followed",
 }
 
 

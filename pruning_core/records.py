@@ -1,10 +1,8 @@
 """Frozen records that plugins return from their hooks (``register_*``, ``collect_structure_hints``).
 
-Each record validates itself when created, so a malformed plugin fails at load
-time with a message naming the record and the field. The plugin manager stamps
-every record with the plugin that produced it (``provider``); conflict errors
-use it to name both sides.
-"""
+Each record validates itself when created, so a malformed plugin fails at load time with a
+message naming the record and the field. The plugin manager stamps every record with the
+plugin that produced it (``provider``); conflict errors use it to name both sides."""
 
 from __future__ import annotations
 
@@ -266,13 +264,9 @@ class ModelSource:
 
 @dataclasses.dataclass(frozen=True)
 class BlockStack(StructureHint):
-    """A structure hint: ``module``'s children are a stack of repeated blocks, run one after another.
-
-    Returned from ``collect_structure_hints`` like any hint (for example the
-    ``layers`` list of a transformers decoder, or a timm model's ``blocks``).
-    Sequential calibration then prunes the model block by block, calibrating each
-    block on the outputs of the already pruned blocks before it.
-    """
+    """A structure hint: ``module``'s children are repeated blocks run in order (a decoder's ``layers``,
+    timm's ``blocks``); sequential calibration prunes them one by one, each calibrated on the
+    outputs of the already pruned blocks before it."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -280,6 +274,32 @@ class BlockStack(StructureHint):
         if not callable(children) or len(list(children())) < 2:
             raise PluginError("BlockStack.module must be a module with at least two children (the blocks), "
                               f"got {type(self.module).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeAttribute(_Stamped):
+    """Int attributes of ``module`` that size reshapes, splits or new tensors in its forward.
+
+    Return it from ``collect_structure_hints``. While tracing each is followed like ``x.shape[1]``:
+    the first shape it sizes (a split part, a channel dim) is what it measures, and the core sets
+    it to that's new size after every pruning (``torch.split(x, [self.dim_conv, self.dim_untouched])``).
+
+    :param module: the module holding the attributes.
+    :param attributes: one attribute name or a tuple of names; each must hold an int.
+    """
+
+    module: Any
+    attributes: Union[str, Tuple[str, ...]]
+    provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = (self.attributes,) if isinstance(self.attributes, str) else tuple(self.attributes)
+        object.__setattr__(self, "attributes", names)  # always a tuple
+        for name in names:
+            value = getattr(self.module, name, None)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise PluginError(f"SizeAttribute for {type(self.module).__name__}: {name!r} must be an int "
+                                  f"attribute of the module, found {type(value).__name__}")
 
 
 _ATTR_FIELDS = ("num_heads", "num_key_value_heads", "kv_groups", "head_dim", "width")

@@ -1,15 +1,20 @@
-"""Attribute fix-ups for torchvision models (plain torch ops, so they live in the core).
+"""Size attributes of torchvision models (plain torch ops, so they live in the core).
 
-Matched by class path, so torchvision is never imported here.
+Matched by class path, so torchvision is never imported here. Each attribute named below
+is followed while tracing and set by the core after pruning (:class:`pruning_core.SizeAttribute`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from ..hookspecs import hookimpl
+from ..records import SizeAttribute
 
-VISION_TRANSFORMER = "torchvision.models.vision_transformer.VisionTransformer"
+# class path -> attributes that size a reshape or split in its forward
+SIZE_ATTRIBUTES: Dict[str, Tuple[str, ...]] = {
+    "torchvision.models.vision_transformer.VisionTransformer": ("hidden_dim",),  # reshape of the patches
+}
 
 
 def _class_path(module: Any) -> str:
@@ -17,8 +22,14 @@ def _class_path(module: Any) -> str:
 
 
 @hookimpl
-def fixup_after_prune(model: Any, modules: Dict[str, Any]) -> None:
-    """``VisionTransformer.hidden_dim`` is used to reshape patches: keep it equal to the patch embedding width."""
-    for module in modules.values():
-        if _class_path(module) == VISION_TRANSFORMER:
-            module.hidden_dim = module.conv_proj.out_channels
+def collect_structure_hints(model: Any) -> List[SizeAttribute]:
+    """The size attributes of torchvision blocks in ``model``."""
+    modules = getattr(model, "modules", None)
+    if not callable(modules):
+        return []
+    records = []
+    for module in modules():
+        names = SIZE_ATTRIBUTES.get(_class_path(module))
+        if names and all(isinstance(getattr(module, n, None), int) for n in names):
+            records.append(SizeAttribute(module, names))
+    return records

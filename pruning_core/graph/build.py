@@ -156,29 +156,37 @@ def trace_model(model: nn.Module, example_inputs: Any, forward_fn: Optional[Call
 
 def _trace(model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output_transform: Optional[Callable],
            resolver: HandlerResolver) -> Tuple[Recorder, bool]:
-    """Trace on meta twins of the weights (shapes only, no arithmetic); on real tensors if that fails."""
+    """Trace on meta twins of the weights (shapes only, no arithmetic); on real tensors if that fails.
+
+    Each is tried first with Python-level sizes followed (``symbolic.py``) and then, should a
+    forward reject the traced ints, without.
+    """
     from .meta import to_meta, weights_on_meta
 
-    try:
-        with weights_on_meta(model):
-            recorder = Recorder(model, resolver.handler_of, resolver.rule_for, pointwise)
-            run_trace(model, recorder, to_meta(inputs), forward_fn, output_transform, on_meta=True)
-        return recorder, True
-    except PruningError:
-        raise
-    except Exception:
-        pass  # value-dependent forward (.item(), data-dependent shapes): trace with real tensors
-    recorder = Recorder(model, resolver.handler_of, resolver.rule_for, pointwise)
-    try:
-        run_trace(model, recorder, inputs, forward_fn, output_transform)
-    except PruningError:
-        raise
-    except Exception as exc:
-        where = recorder.error_scope or recorder.current_scope
-        raise TracingError(
-            f"the forward pass failed while tracing{f' in {where}' if where else ''}: "
-            f"{type(exc).__name__}: {exc}. Check example_inputs, or pass forward_fn(model, inputs)") from exc
-    return recorder, False
+    failure: Optional[Tuple[Exception, Optional[Recorder]]] = None
+    declared = resolver.hub.size_attributes(model)  # SizeAttribute records: followed while tracing
+    for on_meta, symbolic in ((True, True), (True, False), (False, True), (False, False)):
+        recorder: Optional[Recorder] = None
+        try:
+            if on_meta:
+                with weights_on_meta(model):
+                    recorder = Recorder(model, resolver.handler_of, resolver.rule_for, pointwise)  # meta params
+                    run_trace(model, recorder, to_meta(inputs), forward_fn, output_transform, on_meta=True,
+                              symbolic=symbolic, size_attributes=declared)
+            else:
+                recorder = Recorder(model, resolver.handler_of, resolver.rule_for, pointwise)
+                run_trace(model, recorder, inputs, forward_fn, output_transform, symbolic=symbolic,
+                          size_attributes=declared)
+            return recorder, on_meta
+        except PruningError:
+            raise
+        except Exception as exc:  # value-dependent forward (.item(), data-dependent shapes): try the next way
+            failure = (exc, recorder)
+    exc, recorder = failure
+    where = (recorder.error_scope or recorder.current_scope) if recorder is not None else None
+    raise TracingError(
+        f"the forward pass failed while tracing{f' in {where}' if where else ''}: "
+        f"{type(exc).__name__}: {exc}. Check example_inputs, or pass forward_fn(model, inputs)") from exc
 
 
 def _link_shared_parameters(model: nn.Module, recorder: Recorder) -> List[List[Tuple[nn.Module, str]]]:

@@ -6,11 +6,12 @@ forward (shape-only stand-ins, eval mode where a handler asks for it).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .symbolic import SizeTracker, followed_attributes, scrub
 from .trace import Recorder, iter_tensors
 
 class _DispatchTracer(TorchDispatchMode):
@@ -36,6 +37,20 @@ def _install_hooks(model: torch.nn.Module, recorder: Recorder, tracer: "_Dispatc
     actions: List[Tuple[str, Any]] = []
 
     def pre(module, args, kwargs):
+        recorder.in_hook = True
+        try:
+            _pre(module, args, kwargs)
+        finally:
+            recorder.in_hook = False
+
+    def post(module, args, kwargs, output=None):
+        recorder.in_hook = True
+        try:
+            _post(module, args, kwargs, output)
+        finally:
+            recorder.in_hook = False
+
+    def _pre(module, args, kwargs):
         if id(module) in recorder.handlers:
             outermost = recorder.handled_depth == 0
             inputs = list(iter_tensors(args)) + list(iter_tensors(kwargs)) if outermost else None
@@ -50,7 +65,7 @@ def _install_hooks(model: torch.nn.Module, recorder: Recorder, tracer: "_Dispatc
         else:
             actions.append(("inner", None))
 
-    def post(module, args, kwargs, output=None):
+    def _post(module, args, kwargs, output=None):
         if not actions:
             return
         kind, inputs = actions.pop()
@@ -124,8 +139,13 @@ class EvalWhereHandlersAsk:
 
 def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
               forward_fn: Optional[Callable[[torch.nn.Module, Any], Any]],
-              output_transform: Optional[Callable[[Any], Any]], on_meta: bool = False) -> Any:
-    """Run one forward pass under the tracer and return its (transformed) output."""
+              output_transform: Optional[Callable[[Any], Any]], on_meta: bool = False,
+              symbolic: bool = False, size_attributes: Sequence[Tuple[torch.nn.Module, str]] = ()) -> Any:
+    """Run one forward pass under the tracer and return its (transformed) output.
+
+    With ``symbolic``, sizes the forward reads from shapes and size attributes are followed
+    (see ``symbolic.py``); traced ints stored on modules are made plain again afterwards.
+    """
     if isinstance(example_inputs, dict):
         for key, value in example_inputs.items():
             for tensor in iter_tensors(value):
@@ -145,7 +165,10 @@ def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
         handler_of = recorder.handlers.get
 
         shape_only = ShapeOnlyForwards(model, lambda m: handler_of(id(m))) if on_meta else contextlib.nullcontext()
-        with torch.no_grad(), EvalWhereHandlersAsk(model, lambda m: handler_of(id(m))), shape_only, tracer:
+        sizes = SizeTracker(recorder) if symbolic else contextlib.nullcontext()
+        attributes = followed_attributes(recorder, model, recorder.handlers, size_attributes) if symbolic else contextlib.nullcontext()
+        with torch.no_grad(), EvalWhereHandlersAsk(model, lambda m: handler_of(id(m))), shape_only, attributes, \
+                sizes, tracer:
             if forward_fn is not None:
                 output = forward_fn(model, example_inputs)
             elif isinstance(example_inputs, dict):
@@ -158,6 +181,8 @@ def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
                 output = output_transform(output)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+        if symbolic:
+            scrub(model)
         for handle in handles:
             handle.remove()
         if buffers is not None:

@@ -95,5 +95,17 @@ class OpCall:
     def freeze(self, expr: Expr, note: Optional[str] = None) -> None:
         self.recorder.space.freeze(expr, note or f"indexed by {self.name}")
 
+    def follow_sizes(self, sizes: Sequence[int], produced: Sequence[Expr]) -> List[bool]:
+        """Relate produced dims to the Python sizes they were given with: ``produced[i]`` got size ``sizes[i]``.
+
+        Where that size was read from a traced tensor's shape (``C = x.shape[-1]``, ``C // heads``)
+        or from a followed size attribute, the produced dim is unified with what it measures.
+        Returns, per size, whether it was followed: rules should not mark those dims as sized in
+        code (their size follows pruning).
+        """
+        from .symbolic import follow
+
+        return follow(self.recorder, sizes, produced)
+
     def structure(self, expr: Expr, note: Optional[str] = None) -> None:
         self.recorder.space.mark(expr, STRUCTURED, note or f"sized in code at {self.name}")

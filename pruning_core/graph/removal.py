@@ -18,6 +18,7 @@ from . import handlers as hv
 from .build import TracedModel
 from .index import ChannelIndex, Selection, mark_removed
 from .lookup import SlotLookup
+from .expr import current_size, resolve
 from .record import ensure_record, note_attr_changes, note_removed, plain_attrs
 from .slots import Slot
 from .transaction import TransactionStack, snapshot_deep
@@ -66,6 +67,7 @@ class ChannelRemover:
         # Handlers may edit their layer's children (MultiheadAttention.out_proj): cover them too.
         touched = list(affected.values()) + [child for slot in members if not slot.is_param
                                              for child in slot.target.owner.modules()]
+        touched += [binding.module for binding in traced.recorder.size_bindings if binding.follows_pruning]
         deep = snapshot_deep([(slot.handler, slot.target.owner) for slot in members if not slot.is_param])
         shared = [module for group in traced.shared_params for module, _ in group]
         standalone = not self.transactions.in_step  # a group pruned on its own is a step of its own
@@ -152,6 +154,7 @@ class ChannelRemover:
             current = None
             self._refresh_unhandled(members, owner_of)
             mark_removed(selections)
+            self._write_size_attributes(lookup)
             names = {self.traced.name_of(slot.target.owner): owner_of(slot) for slot in members}
             self.traced.resolver.hub.fixup_after_prune(model=model, modules=with_ancestors(lookup, names),
                                                        graph=self.graph)
@@ -163,6 +166,15 @@ class ChannelRemover:
                 where = "a fix-up hook failed after pruning"
             raise PruneFailedError(f"{where}: {type(exc).__name__}: {exc}. The model was restored unchanged.") \
                 from exc
+
+    def _write_size_attributes(self, lookup: Dict[str, nn.Module]) -> None:
+        """Declared size attributes (``SizeAttribute``) take the new size of what they were found to measure."""
+        for binding in self.traced.recorder.size_bindings:
+            if binding.follows_pruning:
+                target = lookup.get(self.traced.name_of(binding.module))  # the model, or a trial copy
+                size = current_size(resolve(binding.bound))  # the atom may have been split since
+                if target is not None and getattr(target, binding.attribute, None) != size:
+                    setattr(target, binding.attribute, size)
 
     def _refresh_unhandled(self, members: Sequence[Slot], owner_of: Callable[[Slot], nn.Module]) -> None:
         """Layers traced through their weights still get their size attributes updated."""
@@ -189,3 +201,4 @@ class ChannelRemover:
                 raise ConfigurationError(f"pruning history entry {number} does not match this model "
                                          f"({type(exc).__name__}: {exc}): {entry!r:.200}") from None
             self.prune(selections, slot)
+

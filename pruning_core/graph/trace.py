@@ -103,6 +103,10 @@ class Recorder:
         self.dynamic_atoms: set = set()
         self.data_tainted: set = set()  # serials of tensors computed from data-dependent ones
         self.error_scope: Optional[str] = None
+        # Python-level sizes (symbolic.py): ints each enclosing torch call received; followed attributes.
+        self.size_hints: List[List[Tuple[int, Any]]] = []
+        self.in_hook = False  # the tracer's own module hooks are running (their shape reads are not the model's)
+        self.size_bindings: List[Any] = []
 
     # -- tensor table -----------------------------------------------------------
     def _serial(self, tensor: torch.Tensor) -> Optional[int]:
@@ -111,6 +115,18 @@ class Recorder:
             return None
         ref, serial = entry
         return serial if ref() is tensor else None
+
+    def known_serial(self, tensor: torch.Tensor) -> Optional[int]:
+        """The serial of a tensor the trace has already seen, or None (never adopts a new one)."""
+        return self._serial(tensor)
+
+    def slots_of_module(self, module: torch.nn.Module) -> Optional[Tuple[Slot, Slot]]:
+        """A handled module's (in, out) slots, created from its handler's sizes if it has not run yet."""
+        found = self.module_slots.get(id(module))
+        if found is None and id(module) in self.handlers:
+            qualname = self.module_names.get(id(module), type(module).__name__)
+            found = self._slots_for(module, qualname, self.handlers[id(module)], [], [])
+        return found
 
     def dims_of(self, tensor: torch.Tensor) -> List[Expr]:
         serial = self._serial(tensor)

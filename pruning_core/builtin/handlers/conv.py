@@ -39,6 +39,7 @@ class ConvPruner(BasePruningFunc):
     positions in every group, or whole groups."""
 
     default_root = True  # a root of DependencyGraph.get_all_groups() by default, as in Torch-Pruning
+    size_attributes = {"in_channels": "in", "out_channels": "out"}
 
     def get_out_channels(self, layer: nn.Module) -> int:
         return layer.out_channels

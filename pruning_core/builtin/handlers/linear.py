@@ -16,6 +16,7 @@ class LinearPruner(BasePruningFunc):
     """Prunes rows (outputs) or columns (inputs) of a linear layer's weight."""
 
     default_root = True  # a root of DependencyGraph.get_all_groups() by default, as in Torch-Pruning
+    size_attributes = {"in_features": "in", "out_features": "out"}
 
     def get_out_channels(self, layer: nn.Module) -> int:
         return layer.out_features

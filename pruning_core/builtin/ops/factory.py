@@ -9,9 +9,16 @@ from . import specs
 
 
 def constant(call: OpCall) -> None:
-    """A tensor whose sizes come from arguments: its dims are sized in code."""
+    """A tensor whose sizes come from arguments: sized in code, unless Python read them from a traced shape."""
+    requested = call.arg("size")
     for out in call.outputs:
-        call.set(out, [call.new(size, note=f"size written in code at {call.name}") for size in out.shape])
+        dims = [call.new(size, 0) for size in out.shape]
+        traced = call.follow_sizes(requested, dims) if isinstance(requested, (list, tuple)) and \
+            len(requested) == out.ndim else [False] * out.ndim
+        for expr, followed in zip(dims, traced):
+            if not followed:
+                call.structure(expr, f"size written in code at {call.name}")
+        call.set(out, dims)
 
 
 FACTORIES = [

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Set
 
 import torch
 
-from ...graph.dims import ONE, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, resolve
+from ...graph.dims import ONE, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, leaves, resolve
 from ...graph.rules import broadcast_into, norm_dim
 from ...graph.trace import OpCall
 from ...hookspecs import hookimpl
 from . import specs
 
 
-def _mark_new(call: OpCall, first_new: int, note: str) -> None:
-    """Atoms created by cutting a dimension at constant offsets are sized in code."""
-    for atom in call.space.atoms[first_new:]:
-        if atom.parent is None and atom.definition is None:
+def _mark_new(call: OpCall, first_new: int, note: str, followed: Set[int] = frozenset(),
+              last: Optional[int] = None) -> None:
+    """Atoms created by cutting a dimension at constant offsets are sized in code (unless ``followed``:
+    ids of atoms whose sizes Python read from a traced shape or a followed size attribute)."""
+    for atom in call.space.atoms[first_new:last]:
+        if atom.parent is None and atom.definition is None and id(atom) not in followed:
             atom.flags |= STRUCTURED
             if not atom.notes:
                 atom.notes.append(note)
@@ -70,7 +72,15 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
         acc += size
         offsets.append(acc)
     pieces = space.cut(expr, offsets)
-    _mark_new(call, first_new, f"split at constant offsets by {call.name}")
+    followed: Set[int] = set()
+    last = len(space.atoms)  # following may create the slots of a layer that has not run yet
+    requested = call.arg("split_sizes")
+    if isinstance(requested, (list, tuple)) and len(requested) == len(pieces):
+        # torch.split(x, [self.dim_conv, self.dim_untouched]): followed sizes are not written in code.
+        for piece, traced in zip(pieces, call.follow_sizes(requested, pieces)):
+            if traced:
+                followed.update(id(a) for a in leaves(piece))
+    _mark_new(call, first_new, f"split at constant offsets by {call.name}", followed, last)
     return pieces
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
-from ...graph.dims import FROZEN, ONE, STRUCTURED, UNLOCKED, Atom, DimError, Expr, Prod, resolve
+from ...graph.dims import FROZEN, ONE, STRUCTURED, UNLOCKED, Atom, DimError, Expr, Prod, leaves, resolve
 from ...graph.rules import norm_dim, norm_dims
 from ...graph.trace import OpCall
 from ...hookspecs import hookimpl
@@ -116,9 +116,19 @@ def reshape(call: OpCall) -> None:
             block_out = [space.frozen(size, note) for size in sizes]
         for j, expr in zip(out_idx, block_out):
             result[j] = expr
+    # Taken before following sizes: following may create the slots of a layer that has not run yet.
     created = [a for a in space.atoms[first_new:] if a.parent is None and a.definition is None]
+    requested = call.arg("size") if call.arg("size") is not None else call.arg("shape")
+    followed = set()
+    if isinstance(requested, (list, tuple)) and len(requested) == out.ndim:
+        # Sizes Python read from a tensor (C = x.shape[-1]) relate dims instead of being written in code.
+        for j, traced in enumerate(call.follow_sizes(requested, result)):
+            if traced:
+                followed.update(id(a) for a in leaves(result[j]))
     origin = _split_origin(call)
     for position, atom in enumerate(created):
+        if id(atom) in followed:
+            continue
         atom.flags |= STRUCTURED
         if not atom.notes:
             atom.notes.append(f"size written in code at {call.name} in {call.recorder.current_scope or 'the model'}")
@@ -185,12 +195,20 @@ def expand(call: OpCall) -> None:
     dims = call.dims(source)
     lead = out.ndim - source.ndim
     result: List[Expr] = []
+    fresh = []
     for pos, size in enumerate(out.shape):
         index = pos - lead
         if index >= 0 and source.shape[index] == size:
             result.append(dims[index])
         else:
-            result.append(call.new(size, note=f"size written in code at {call.name}"))
+            result.append(call.new(size, 0))
+            fresh.append(pos)
+    requested = call.arg("size")
+    traced = call.follow_sizes(requested, result) if isinstance(requested, (list, tuple)) and \
+        len(requested) == out.ndim else [False] * out.ndim
+    for pos in fresh:
+        if not traced[pos]:
+            call.structure(result[pos], f"size written in code at {call.name}")
     call.set(out, result)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from torch import nn
 
-from pruning_core import AttentionLayout, StructureHint
+from pruning_core import AttentionLayout, SizeAttribute, StructureHint
 from pruning_core.graph.record import original_attr
 
 
@@ -48,12 +48,21 @@ def final_classifiers(model: nn.Module) -> List[nn.Module]:
     return finals
 
 
-def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHint]]:
-    records: List[Union[AttentionLayout, StructureHint]] = []
+# Blocks whose forward sizes a split or reshape with these int attributes.
+SIZE_ATTRIBUTES = {
+    "Partial_conv3": ("dim_conv3", "dim_untouched"),  # FasterNet: torch.split(x, [dim_conv3, dim_untouched])
+}
+
+
+def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHint, SizeAttribute]]:
+    records: List[Union[AttentionLayout, StructureHint, SizeAttribute]] = []
     for _, module in model.named_modules():
         layout = attention_layout(module)
         if layout is not None:
             records.append(layout)
+        sizes = SIZE_ATTRIBUTES.get(type(module).__name__)
+        if sizes and all(isinstance(getattr(module, name, None), int) for name in sizes):
+            records.append(SizeAttribute(module, sizes))  # followed while tracing, set after pruning
         if type(module).__name__ == "SelectiveKernelAttn" and isinstance(getattr(module, "num_paths", None), int):
             # fc_select's output is viewed as (paths, channels): one attention map per kernel path.
             records.append(StructureHint(module=module.fc_select, out_channel_groups=module.num_paths))

@@ -1,0 +1,182 @@
+"""Sizes Python computes from shapes and module attributes are followed, so pruning keeps them in step.
+
+Each model below sizes a reshape, view or split with a number the tracer used to see as a
+constant written in code; the channels it touched stayed frozen. Each test checks the widths
+pruning reaches, the zero-contribution oracle (pruning a group equals zeroing it), and that the
+pruned model still trains (one backward pass in train mode).
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch import nn
+
+import pruning_core as tp
+from pruning_core import _plugins
+from pruning_core.testing.oracle import oracle_check
+
+
+def trains(model: nn.Module, inputs: torch.Tensor) -> None:
+    model.train()
+    model(inputs).square().mean().backward()
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+
+
+class ShapeRead(nn.Module):
+    """``C = x.shape[1]`` sizes a reshape that cuts a fused projection into three parts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 32, 3, padding=1)
+        self.fused = nn.Linear(32, 96)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.conv(x)
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        parts = self.fused(t).reshape(B, H * W, 3, C)
+        return self.head(parts.sum(2).mean(1))
+
+
+class HeadSplit(nn.Module):
+    """``C // self.heads`` cuts the channels into heads: pruning keeps the heads and thins each."""
+
+    def __init__(self, channels: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, channels)
+        self.out = nn.Linear(channels, 5)
+        self.heads = heads
+
+    def forward(self, x):
+        y = self.inp(x)
+        B, N, C = y.shape
+        h = y.reshape(B, N, self.heads, C // self.heads).permute(0, 2, 1, 3).cumsum(2)
+        return self.out(h.permute(0, 2, 1, 3).reshape(B, N, C))
+
+
+class AttributeView(nn.Module):
+    """``view(-1, self.conv.in_channels, 2, 2)``: a layer's size attribute sizes the view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.expand = nn.Linear(16, 64)
+        self.conv = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.expand(self.stem(x).mean((2, 3)))
+        y = y.view(-1, self.conv.in_channels, 2, 2)
+        return self.fc(self.conv(y).mean((2, 3)))
+
+
+class PartialConv(nn.Module):
+    """FasterNet's partial convolution: ``torch.split`` at sizes stored as attributes."""
+
+    def __init__(self, dim: int, n_div: int = 4) -> None:
+        super().__init__()
+        self.dim_conv = dim // n_div
+        self.dim_untouched = dim - self.dim_conv
+        self.pconv = nn.Conv2d(self.dim_conv, self.dim_conv, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        a, b = torch.split(x, [self.dim_conv, self.dim_untouched], dim=1)
+        return torch.cat((self.pconv(a), b), 1)
+
+
+class SplitNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.partial = PartialConv(32)
+        self.head = nn.Conv2d(32, 64, 1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(self.head(self.partial(self.stem(x))).mean((2, 3)))
+
+
+@pytest.fixture
+def partial_conv_plugin():
+    plugin = types.ModuleType("partial_conv_sizes")
+    plugin.collect_structure_hints = tp.hookimpl(lambda model: [
+        tp.SizeAttribute(m, ("dim_conv", "dim_untouched")) for m in model.modules() if isinstance(m, PartialConv)])
+    hub = _plugins.get_hub()
+    hub.register(plugin, "partial_conv_sizes")
+    yield
+    hub.unregister("partial_conv_sizes")
+
+
+def test_a_reshape_sized_by_a_shape_read_in_python_follows_pruning():
+    model, x = ShapeRead().eval(), torch.randn(2, 3, 4, 4)
+    group = oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.conv, tp.prune_conv_out_channels, [1, 5]))
+    fused_rows = [sorted(idxs) for dep, idxs in group if dep.handler == tp.prune_linear_out_channels]
+    assert fused_rows == [[1, 5, 33, 37, 65, 69]]  # the same channel in each of the three parts
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.conv.out_channels, model.fused.in_features, model.fused.out_features, model.head.in_features) == \
+        (16, 16, 48, 16)
+    trains(model, x)
+
+
+def test_a_size_divided_by_a_head_count_keeps_the_heads_and_thins_each():
+    model, x = HeadSplit().eval(), torch.randn(2, 6, 8)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    group = DG.get_pruning_group(model.inp, tp.prune_linear_out_channels, idxs=[0])
+    assert sorted(group[0].idxs) == [0, 4, 8, 12]  # the same dim of every head
+    oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.inp, tp.prune_linear_out_channels, [1]))
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert model.inp.out_features == 8 and model.out.in_features == 8 and model.heads == 4
+    trains(model, x)
+
+
+def test_a_view_sized_by_a_layer_attribute_follows_that_layer():
+    model, x = AttributeView().eval(), torch.randn(2, 3, 6, 6)
+    group = oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.conv, tp.prune_conv_in_channels, [3]))
+    assert [sorted(idxs) for dep, idxs in group if dep.handler == tp.prune_linear_out_channels] == [[12, 13, 14, 15]]
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.conv.in_channels, model.expand.out_features, model.conv.out_channels) == (8, 32, 4)
+    trains(model, x)
+
+
+def test_a_split_at_declared_size_attributes_prunes_both_parts_and_updates_them(partial_conv_plugin):
+    model, x = SplitNet().eval(), torch.randn(2, 3, 6, 6)
+    oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.stem, tp.prune_conv_out_channels, [0, 20]))
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert model.stem.out_channels == 16
+    assert (model.partial.dim_conv, model.partial.dim_untouched) == (4, 12)
+    assert model.partial.pconv.in_channels == 4
+    trains(model, x)
+
+
+def test_without_the_declaration_the_split_stays_as_written():
+    model, x = SplitNet().eval(), torch.randn(2, 3, 6, 6)
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert model.stem.out_channels == 32 and model.partial.dim_conv == 8
+    model(x)
+
+
+def test_declared_size_attributes_are_saved_and_loaded(partial_conv_plugin, tmp_path):
+    model, x = SplitNet().eval(), torch.randn(2, 3, 6, 6)
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    expected = model(x)
+    tp.save_pruned(model, str(tmp_path / "saved"))
+    fresh = tp.load_pruned(SplitNet().eval(), str(tmp_path / "saved"))
+    assert (fresh.partial.dim_conv, fresh.partial.dim_untouched) == (4, 12)
+    torch.testing.assert_close(fresh(x), expected, rtol=0, atol=0)
+
+
+def test_a_size_attribute_that_is_not_an_int_is_a_plugin_error():
+    with pytest.raises(tp.PluginError, match="'pconv' must be an int attribute"):
+        tp.SizeAttribute(PartialConv(8), "pconv")
+
+
+def test_traced_sizes_do_not_stay_on_the_model():
+    # Size attributes are traced ints only while tracing; afterwards they are plain ints again.
+    model, x = AttributeView().eval(), torch.randn(2, 3, 6, 6)
+    tp.DependencyGraph().build_dependency(model, x)
+    assert all(type(getattr(m, a)) is int for m in (model.conv, model.stem) for a in ("in_channels", "out_channels"))
+    assert type(model.expand.in_features) is int and type(model.expand.out_features) is int
