@@ -124,6 +124,14 @@ def test_channel_slice_is_not_pruned_silently():
         DG.get_pruning_group(model.producer, tp.prune_conv_out_channels, idxs=[0])
 
 
+@pytest.mark.parametrize("cut", [8, 3])
+def test_an_empty_slice_joined_back_keeps_the_channels_prunable(cut):
+    """Phi-3's partial rotary with rotary_dim == head_dim: ``x[:, n:]`` is empty, then concatenated back."""
+    model = OpNet(Lambda(lambda x: torch.cat([x[:, :8] * 2, x[:, 8:], x[:, cut:cut]], dim=1)))
+    group = oracle_check(model, X, producer_group([1, 6]))
+    assert idxs_of(group, "consumer") == [[1, 6]]
+
+
 def test_flatten_into_linear_maps_a_channel_to_its_spatial_block():
     class Net(nn.Module):
         def __init__(self):
