@@ -10,6 +10,7 @@ from torch import nn
 from .._gc import without_gc
 from ..errors import ConfigurationError, PruneFailedError, PruningError, warn
 from ..graph.depgraph import DependencyGraph
+from ..graph.dims import leaves
 from ..graph.group import Group
 from ..graph.grouping import expand_ignored
 from ..graph.validate import bisect_failures
@@ -84,12 +85,13 @@ class BasePruner:
     # -- set-up --------------------------------------------------------------------
     def _apply_structure(self) -> None:
         """User structure arguments first, then what plugins know (heads, output heads to keep)."""
-        apply_structure(self.DG, self.options, self.model, self.ignored_layers)
+        self._rounding = apply_structure(self.DG, self.options, self.model, self.ignored_layers)
 
     def _plan_groups(self) -> List[PlannedGroup]:
         options = self.options
         expand_ignored(self.ignored_layers, self.model)  # validates: raises on foreign modules
         planned: List[PlannedGroup] = []
+        rounding = self._hinted_rounding()
         # Groups are verified after each step (see step()), on the real result, not by trial copies here.
         for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers,
                                             root_module_types=options.root_module_types, validate=False):
@@ -107,13 +109,22 @@ class BasePruner:
                     scope = ("local", len(planned))
             root_size = self.DG.index.size(group.root_slot)
             planned.append(PlannedGroup(atom, group.root_slot, atom.current_size, ratio, scope, is_head,
-                                        max(1, root_size // max(1, atom.current_size))))
+                                        max(1, root_size // max(1, atom.current_size)),
+                                        rounding.get(id(atom), 1)))
         if options.global_pruning and options.isomorphic:
             signatures: Dict[Any, int] = {}
             for group in planned:
                 if group.scope[0] == "global":
                     group.scope = ("global", signatures.setdefault(self._signature(group), len(signatures)))
         return planned
+
+    def _hinted_rounding(self) -> Dict[int, int]:
+        """Atom id -> keep a multiple of this many channels, from plugins' ``round_to`` hints."""
+        steps: Dict[int, int] = {}
+        for module, step in getattr(self, "_rounding", {}).items():
+            for atom in leaves(self.DG.slots.channel_slot(module, "out").expr):
+                steps[id(atom)] = step
+        return steps
 
     def _signature(self, planned: PlannedGroup) -> Any:
         """Groups with the same members (layer types and sizes) are isomorphic."""

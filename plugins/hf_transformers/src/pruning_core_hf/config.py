@@ -10,6 +10,8 @@ the original architecture and ``config.pruning_core`` says so; save with
 
 from __future__ import annotations
 
+import copy
+from collections import Counter
 from typing import Any, Dict, List, Optional
 
 from torch import nn
@@ -62,6 +64,19 @@ def _uniform(values: List[Any]) -> Optional[Any]:
 
 
 ORIGINAL = "_pruning_core_config_original"
+FULL_ORIGINAL = "_pruning_core_config_before"  # a copy of the whole config before the first step
+
+
+def optional_api(model: nn.Module, name: str) -> Any:
+    """``model.<name>()`` where the model implements it, else None: transformers' base methods may raise
+    ``NotImplementedError`` (``get_input_embeddings`` on vision CNNs), and a fix-up must not fail for that."""
+    method = getattr(model, name, None)
+    if not callable(method):
+        return None
+    try:
+        return method()
+    except (NotImplementedError, AttributeError):
+        return None
 
 
 def fix_config(model: nn.Module) -> None:
@@ -71,10 +86,10 @@ def fix_config(model: nn.Module) -> None:
         return
     if ORIGINAL not in model.__dict__:  # restored with the model's __dict__ if a step is undone
         model.__dict__[ORIGINAL] = {k: getattr(config, k) for k in CONFIG_FIELDS if hasattr(config, k)}
+        model.__dict__[FULL_ORIGINAL] = copy.deepcopy(config)
     problems: List[str] = []
     updates: Dict[str, Any] = {}
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    hidden = getattr(embeddings, "embedding_dim", None)
+    hidden = _residual_width(model)
     if getattr(config, "model_type", "") == "swin":
         _swin(model, config, updates, problems)
     else:
@@ -124,6 +139,34 @@ def _separate_head_dim(blocks: List[nn.Module]) -> bool:
     return bool(blocks) and all(hasattr(b, "num_key_value_groups") for b in blocks)
 
 
+def hidden_rounding(model: nn.Module) -> Optional[Any]:
+    """Keep the hidden size a multiple of the head count (transformers 5 validates ``hidden_size %
+    num_attention_heads``); the hint goes on the first layer that produces the hidden width."""
+    from pruning_core import StructureHint
+
+    config = model.config
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if not (isinstance(hidden, int) and isinstance(heads, int) and heads > 1 and hidden % heads == 0):
+        return None
+    embeddings = optional_api(model, "get_input_embeddings")
+    for module in embeddings.modules() if isinstance(embeddings, nn.Module) else ():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and weight.ndim >= 2 and \
+                getattr(module, "embedding_dim", weight.shape[0]) == hidden:
+            return StructureHint(module=module, round_to=heads)
+    return None
+
+
+def _residual_width(model: nn.Module) -> Optional[int]:
+    """The width of the residual stream: the most common size of the normalisation layers, else the input
+    embeddings' width (ALBERT and ELECTRA embed narrower than their hidden size)."""
+    sizes = Counter(m.weight.shape[0] for m in model.modules() if type(m).__name__.endswith("Norm")
+                    and isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.ndim == 1)
+    if sizes:
+        return sizes.most_common(1)[0][0]
+    return getattr(optional_api(model, "get_input_embeddings"), "embedding_dim", None)
+
+
 def _vision_hidden(model: nn.Module) -> Optional[int]:
     for _, module in model.named_modules():
         projection = getattr(module, "projection", None)
@@ -171,4 +214,7 @@ def restore_state(model: nn.Module, state: Dict[str, Any]) -> None:
     config = model.config
     for key, value in state.items():
         if key in CONFIG_FIELDS:
-            setattr(config, key, value)
+            try:
+                setattr(config, key, value)
+            except AttributeError:  # a derived field (Falcon's head_dim is a read-only property)
+                pass

@@ -24,9 +24,13 @@ def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, Structure
     if not _is_transformers_model(model):
         return []
     from .attention import attention_layouts
+    from .config import hidden_rounding, optional_api
 
     records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model))
-    head = getattr(model, "get_output_embeddings", lambda: None)()
+    rounding = hidden_rounding(model)
+    if rounding is not None:
+        records.append(rounding)
+    head = optional_api(model, "get_output_embeddings")
     if head is not None:
         records.append(StructureHint(module=head, keep=True))
     return records

@@ -24,7 +24,9 @@ def resolve(spec: str) -> Optional[ModelSource]:
     model_class = getattr(transformers, names[0], None) if names else transformers.AutoModel
     model = model_class.from_pretrained(target).eval()
     inputs = _example_inputs(model, target)
-    keep = tuple(m for m in (getattr(model, "get_output_embeddings", lambda: None)(),) if m is not None)
+    from .config import optional_api
+
+    keep = tuple(m for m in (optional_api(model, "get_output_embeddings"),) if m is not None)
     return ModelSource(model, inputs, spec, keep=keep, description=f"{type(model).__name__} from {target}")
 
 
