@@ -132,9 +132,20 @@ ARCHS: Dict[str, Tuple[str, Callable[[], Tuple[nn.Module, Dict[str, torch.Tensor
                                 depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], num_attention_heads=[1, 2],
                                 patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2])),
 }
-FAST = ["llama", "phi3", "gpt2", "qwen3_moe", "bert", "albert", "t5", "vit", "swin", "resnet"]
+FAST = ["llama", "gemma", "phi3", "gpt2", "gpt_neox", "qwen3_moe", "bert", "albert", "distilbert", "t5", "bart",
+        "vit", "swin", "resnet"]
 MODES = {"width": dict(pruning_ratio=0.3), "heads": dict(pruning_ratio=0.0, prune_num_heads=True,
                                                          head_pruning_ratio=0.5)}
+NO_ATTENTION = {"resnet", "convnext"}  # no heads to prune: width only
+# Cases the plugin cannot prune (yet): they must still run, save and reload, and say so in a warning.
+KEPT = {("phi3", "heads"): "fused q/k/v projection with fewer key/value heads",
+        ("falcon", "heads"): "fused q/k/v projection with fewer key/value heads",
+        ("gpt_bigcode", "heads"): "fused q/k/v projection with fewer key/value heads",
+        ("deepseek_v3", "heads"): "low-rank (MLA) projections",
+        ("bloom", "heads"): "ALiBi slopes belong to head positions",
+        ("mixtral", "width"): "3-D fused expert weights",
+        ("qwen3_moe", "width"): "3-D fused expert weights",
+        ("olmoe", "width"): "3-D fused expert weights"}
 HEAD_FIELDS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
 
 
@@ -249,9 +260,12 @@ def check(row: Dict[str, Any]) -> List[str]:
         problems.append("output shape changed")
     if row["category"] in ("decoder", "moe") and not row.get("generate_ok"):
         problems.append("generate failed")
-    if row["mode"] == "width" and not 0.6 <= row["width_ratio"] <= 0.8:
+    if (row["arch"], row["mode"]) in KEPT:
+        if not row["warnings"]:
+            problems.append(f"kept silently ({KEPT[row['arch'], row['mode']]}): no warning")
+    elif row["mode"] == "width" and not 0.6 <= row["width_ratio"] <= 0.8:
         problems.append(f"width ratio {row['width_ratio']} (pruned layers {row['pruned_layers']})")
-    if row["mode"] == "heads" and not 0.4 <= row["width_ratio"] <= 0.6:  # the projections lost half their heads
+    elif row["mode"] == "heads" and not 0.4 <= row["width_ratio"] <= 0.6:  # the projections lost half their heads
         problems.append(f"heads: width ratio {row['width_ratio']} (pruned layers {row['pruned_layers']}, "
                         f"heads {row['heads']})")
     reload = row.get("reload")
@@ -271,7 +285,7 @@ def run_cases(cases: List[Tuple[str, str]], root: str) -> List[Dict[str, Any]]:
 
 
 def _cases(names: List[str]) -> List[Tuple[str, str]]:
-    return [(name, mode) for name in names for mode in MODES]
+    return [(name, mode) for name in names for mode in MODES if not (mode == "heads" and name in NO_ATTENTION)]
 
 
 @pytest.fixture(scope="module")
@@ -296,24 +310,44 @@ def table(rows: List[Dict[str, Any]]) -> str:
     by_arch: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for row in rows:
         by_arch.setdefault(row["arch"], {})[row["mode"]] = row
-    lines = ["| architecture | category | width 0.3 | heads 0.5 | saved form loads with |",
-             "|---|---|---|---|---|"]
+    lines = ["| architecture | class | width 0.3 | heads 0.5 | width: saved form loads with | "
+             "heads: saved form loads with |", "|---|---|---|---|---|---|"]
     for arch, modes in by_arch.items():
-        cells = []
-        forms = []
+        cells, forms = [], []
         for mode in MODES:
-            row = modes.get(mode, {})
-            problems = check(row) if row else ["not run"]
-            cells.append("pass" if not problems else "fail: " + problems[0][:60].replace("|", "/"))
-            if "form" in row:
-                forms.append(f"{mode}: {'stock transformers' if row['form'] == 'stock' else 'pruning_core_hf'}")
-        lines.append(f"| {arch} | {modes[next(iter(modes))]['category']} | {cells[0]} | {cells[1]} | "
-                     f"{'; '.join(forms) or '-'} |")
+            row = modes.get(mode)
+            if row is None:
+                cells.append("-")
+                forms.append("-")
+                continue
+            problems = check(row)
+            if problems:
+                cells.append("fail: " + problems[0][:70].replace("|", "/"))
+            elif (arch, mode) in KEPT:
+                cells.append(f"kept, with a warning ({KEPT[arch, mode]})")
+            else:
+                cells.append(f"pass ({row['kept']:.2f} of parameters kept)")
+            forms.append({"stock": "stock transformers", None: "-"}.get(row.get("form"), "pruning_core_hf only"))
+        first = modes[next(iter(modes))]
+        lines.append(f"| {arch} | {first.get('class', '-')} | {cells[0]} | {cells[1]} | {forms[0]} | {forms[1]} |")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    names = [a for a in sys.argv[1:] if not a.startswith("--")] or list(ARCHS)
+def write_readme(section: str, path: str) -> None:
+    """Replace the text between the matrix markers of ``path`` with ``section``."""
+    start, end = "<!-- hf-matrix:start -->", "<!-- hf-matrix:end -->"
+    with open(path) as handle:
+        text = handle.read()
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    with open(path, "w") as handle:
+        handle.write(f"{head}{start}\n{section}\n{end}{tail}")
+
+
+if __name__ == "__main__":  # python test_hf_matrix.py [ARCH ...] [--readme README.md]
+    args = sys.argv[1:]
+    readme = args[args.index("--readme") + 1] if "--readme" in args else None
+    names = [a for a in args if not a.startswith("--") and a != readme] or list(ARCHS)
     with tempfile.TemporaryDirectory() as root:
         results = run_cases(_cases(names), root)
     for result in results:
@@ -321,3 +355,5 @@ if __name__ == "__main__":
         for message in result.get("warnings", []):
             print("   warning:", message)
     print(table(results))
+    if readme:
+        write_readme(table(results), readme)

@@ -16,7 +16,9 @@ from typing import Any, Dict, List, Optional
 
 from torch import nn
 
-from .attention import PROJECTIONS, head_size, projections
+from .attention import HEAD_COUNT_ATTRS, HEAD_SIZE_ATTRS, _width, head_size, projections
+
+_HEAD_ATTRS = frozenset(HEAD_COUNT_ATTRS + HEAD_SIZE_ATTRS)
 
 # Config fields this plugin may change; saved with pruned models so loading restores them.
 CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -27,13 +29,9 @@ MLP_INPUTS = (("gate_proj", "out_features"), ("up_proj", "out_features"), ("fc1"
               ("c_fc", "nf"), ("dense", "out_features"))
 
 
-_PROJECTION_CHILDREN = frozenset(["c_attn"] + [names[0] for names in PROJECTIONS])
-
-
 def _attention_blocks(model: nn.Module) -> List[nn.Module]:
-    # Only modules with a projection child can be attention: skip the slow attribute probes on the rest.
-    return [m for m in model.modules() if not _PROJECTION_CHILDREN.isdisjoint(m._modules)
-            and projections(m) is not None]
+    # Only modules holding a head count or size can be attention: skip the slower probes on the rest.
+    return [m for m in model.modules() if not _HEAD_ATTRS.isdisjoint(vars(m)) and projections(m) is not None]
 
 
 def _mlp_widths(model: nn.Module) -> List[int]:
@@ -52,11 +50,11 @@ def _mlp_widths(model: nn.Module) -> List[int]:
 def _heads(block: nn.Module) -> Dict[str, int]:
     """Heads, key/value heads and head size of an attention block, read off its projections."""
     parts = projections(block)
-    size = head_size(block)
+    size = head_size(block) or head_size(block, True)
     if "fused" in parts:
-        heads = parts["fused"].weight.shape[1] // 3 // size
+        heads = _width(parts["fused"])[1] // 3 // size
         return {"heads": heads, "size": size, "kv_heads": heads}
-    return {"heads": parts["q"].out_features // size, "size": size, "kv_heads": parts["k"].out_features // size}
+    return {"heads": _width(parts["q"])[1] // size, "size": size, "kv_heads": _width(parts["k"])[1] // size}
 
 
 def _uniform(values: List[Any]) -> Optional[Any]:
