@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -124,6 +125,10 @@ class BasePruner:
         for module, step in getattr(self, "_rounding", {}).items():
             for atom in leaves(self.DG.slots.channel_slot(module, "out").expr):
                 steps[id(atom)] = step
+        # Operators that need aligned widths (grouped matrix products of fused experts).
+        for expr, multiple in self.DG.traced.recorder.space.multiples:
+            for atom in leaves(expr):
+                steps[id(atom)] = steps.get(id(atom), 1) * multiple // math.gcd(steps.get(id(atom), 1), multiple)
         return steps
 
     def _signature(self, planned: PlannedGroup) -> Any:

@@ -142,10 +142,7 @@ KEPT = {("phi3", "heads"): "fused q/k/v projection with fewer key/value heads",
         ("falcon", "heads"): "fused q/k/v projection with fewer key/value heads",
         ("gpt_bigcode", "heads"): "fused q/k/v projection with fewer key/value heads",
         ("deepseek_v3", "heads"): "low-rank (MLA) projections",
-        ("bloom", "heads"): "ALiBi slopes belong to head positions",
-        ("mixtral", "width"): "3-D fused expert weights",
-        ("qwen3_moe", "width"): "3-D fused expert weights",
-        ("olmoe", "width"): "3-D fused expert weights"}
+        ("bloom", "heads"): "ALiBi slopes belong to head positions"}
 HEAD_FIELDS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
 
 
@@ -188,6 +185,7 @@ def prune_case(name: str, mode: str, directory: str) -> Dict[str, Any]:
     with torch.no_grad():
         before = primary(model(**inputs))
     params, heads, shapes = tp.utils.count_params(model), heads_of(model), widths(model)
+    experts = sum(p.numel() for p in model.parameters() if p.ndim == 3 and p.shape[0] > 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -201,6 +199,9 @@ def prune_case(name: str, mode: str, directory: str) -> Dict[str, Any]:
     after = widths(model)
     ratios = [after[k] / shapes[k] for k in shapes if k in after and after[k] < shapes[k]]
     row["pruned_layers"] = f"{len(ratios)}/{len(shapes)}"
+    if experts:  # fused 3-D expert weights (transformers 5 mixture-of-experts)
+        row["experts_kept"] = round(sum(p.numel() for p in model.parameters()
+                                        if p.ndim == 3 and p.shape[0] > 1) / experts, 3)
     row["width_ratio"] = round(sorted(ratios)[len(ratios) // 2], 3) if ratios else 1.0
     try:
         with torch.no_grad():
@@ -265,6 +266,8 @@ def check(row: Dict[str, Any]) -> List[str]:
             problems.append(f"kept silently ({KEPT[row['arch'], row['mode']]}): no warning")
     elif row["mode"] == "width" and not 0.6 <= row["width_ratio"] <= 0.8:
         problems.append(f"width ratio {row['width_ratio']} (pruned layers {row['pruned_layers']})")
+    elif row["mode"] == "width" and not row.get("experts_kept", 0.5) <= 0.6:  # hidden and expert width both 0.7
+        problems.append(f"fused experts kept {row['experts_kept']} of their weights")
     elif row["mode"] == "heads" and not 0.4 <= row["width_ratio"] <= 0.6:  # the projections lost half their heads
         problems.append(f"heads: width ratio {row['width_ratio']} (pruned layers {row['pruned_layers']}, "
                         f"heads {row['heads']})")

@@ -39,23 +39,25 @@ def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, Structure
 
 def _warn_unplaced(model: Any) -> None:
     """Say which attention blocks keep their heads because their projections could not be placed."""
-    from torch import nn
-
     from pruning_core.errors import warn
 
     from .attention import unplaced
 
-    experts = [name for name, module in model.named_modules() if not isinstance(module, nn.modules.conv._ConvNd)
-               and any(p.ndim == 3 and p.shape[0] > 1 for p in module.parameters(recurse=False))]
-    if experts:
-        warn(f"{type(model).__name__}: {len(experts)} module(s) ({', '.join(experts[:3])}"
-             f"{', ...' if len(experts) > 3 else ''}) hold 3-D weights (fused experts); they are not pruned, "
-             "and the widths they read and write are kept")
     names = unplaced(model)
     if names:
         warn(f"{type(model).__name__}: the heads of {len(names)} attention block(s) ({', '.join(names[:3])}"
              f"{', ...' if len(names) > 3 else ''}) cannot be placed (a fused projection with fewer key/value "
              "heads, or low-rank projections); their heads and head sizes are kept")
+
+
+@hookimpl
+def fixup_after_prune(model: Any, modules: Dict[str, Any], graph: Any) -> None:
+    """Routers and fused experts hold raw weights: their size attributes follow the weights."""
+    if _is_transformers_model(model):
+        from .sizes import refresh_sizes
+
+        for module in modules.values():
+            refresh_sizes(module)
 
 
 @hookimpl
