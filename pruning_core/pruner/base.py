@@ -123,8 +123,9 @@ class BasePruner:
         """Atom id -> keep a multiple of this many channels, from plugins' ``round_to`` hints."""
         steps: Dict[int, int] = {}
         for module, step in getattr(self, "_rounding", {}).items():
-            for atom in leaves(self.DG.slots.channel_slot(module, "out").expr):
-                steps[id(atom)] = step
+            atoms = leaves(self.DG.slots.channel_slot(module, "out").expr)
+            if len(atoms) == 1:  # a width of one kind of channel (not heads x head size)
+                steps[id(atoms[0])] = step
         # Operators that need aligned widths (grouped matrix products of fused experts).
         for expr, multiple in self.DG.traced.recorder.space.multiples:
             for atom in leaves(expr):

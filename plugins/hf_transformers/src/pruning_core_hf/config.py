@@ -137,22 +137,25 @@ def _separate_head_dim(blocks: List[nn.Module]) -> bool:
     return bool(blocks) and all(hasattr(b, "num_key_value_groups") for b in blocks)
 
 
-def hidden_rounding(model: nn.Module) -> Optional[Any]:
-    """Keep the hidden size a multiple of the head count (transformers 5 validates ``hidden_size %
-    num_attention_heads``); the hint goes on the first layer that produces the hidden width."""
+def hidden_rounding(model: nn.Module) -> List[Any]:
+    """Keep every width the config calls ``hidden_size`` a multiple of the head count (transformers 5
+    validates ``hidden_size % num_attention_heads``): a hint on each layer producing that width (the
+    embeddings or their projection, and layers such as a pooler that the config sizes the same)."""
     from pruning_core import StructureHint
 
     config = model.config
     hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
     if not (isinstance(hidden, int) and isinstance(heads, int) and heads > 1 and hidden % heads == 0):
-        return None
-    embeddings = optional_api(model, "get_input_embeddings")
-    for module in embeddings.modules() if isinstance(embeddings, nn.Module) else ():
+        return []
+    hints = []
+    for module in model.modules():
         weight = getattr(module, "weight", None)
-        if isinstance(weight, nn.Parameter) and weight.ndim >= 2 and \
-                getattr(module, "embedding_dim", weight.shape[0]) == hidden:
-            return StructureHint(module=module, round_to=heads)
-    return None
+        if not isinstance(weight, nn.Parameter) or weight.ndim < 2:
+            continue
+        width = getattr(module, "embedding_dim", None) or getattr(module, "nf", None) or weight.shape[0]
+        if width == hidden:
+            hints.append(StructureHint(module=module, round_to=heads))
+    return hints
 
 
 def _residual_width(model: nn.Module) -> Optional[int]:

@@ -28,9 +28,7 @@ def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, Structure
 
     records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model))
     _warn_unplaced(model)
-    rounding = hidden_rounding(model)
-    if rounding is not None:
-        records.append(rounding)
+    records.extend(hidden_rounding(model))
     head = optional_api(model, "get_output_embeddings")
     if head is not None:
         records.append(StructureHint(module=head, keep=True))
