@@ -25,6 +25,8 @@ CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num
                  "n_embd", "n_inner", "n_head", "embed_dim", "num_heads", "mlp_ratio", "num_hidden_layers",
                  "n_layer", "layer_types", "pruning_core")
 
+# Config-name table: the field that holds the MLP width (GPT-2's n_inner has no intermediate_size alias).
+MLP_WIDTH_FIELDS = ("n_inner", "intermediate_size")
 MLP_INPUTS = (("gate_proj", "out_features"), ("up_proj", "out_features"), ("fc1", "out_features"),
               ("c_fc", "nf"), ("dense", "out_features"))
 
@@ -88,7 +90,7 @@ def fix_config(model: nn.Module) -> None:
     problems: List[str] = []
     updates: Dict[str, Any] = {}
     hidden = _residual_width(model)
-    if getattr(config, "model_type", "") == "swin":
+    if _staged(config):
         _swin(model, config, updates, problems)
     else:
         attention = _attention_blocks(model)  # scanned once per call: this runs after every pruning step
@@ -103,8 +105,6 @@ def fix_config(model: nn.Module) -> None:
         width = _uniform(widths)
         if widths and width is None:
             problems.append("MLP widths differ between layers")
-        if hidden is None and hasattr(config, "hidden_size"):
-            hidden = _vision_hidden(model)
         if hidden is not None:
             updates["hidden_size"] = hidden
         if heads is not None:
@@ -117,10 +117,9 @@ def fix_config(model: nn.Module) -> None:
                 problems.append(f"{type(config).__name__} ties the attention width to hidden_size, but heads x "
                                 f"head size = {heads * size} and hidden_size = {hidden}")
         if width is not None:
-            if getattr(config, "model_type", "") == "gpt2":
-                updates["n_inner"] = width
-            elif hasattr(config, "intermediate_size"):
-                updates["intermediate_size"] = width
+            field = next((f for f in MLP_WIDTH_FIELDS if hasattr(config, f)), None)
+            if field is not None:
+                updates[field] = width
     if problems:
         for key, value in model.__dict__[ORIGINAL].items():
             if key != "pruning_core":
@@ -168,17 +167,15 @@ def _residual_width(model: nn.Module) -> Optional[int]:
     return getattr(optional_api(model, "get_input_embeddings"), "embedding_dim", None)
 
 
-def _vision_hidden(model: nn.Module) -> Optional[int]:
-    for _, module in model.named_modules():
-        projection = getattr(module, "projection", None)
-        if isinstance(projection, nn.Conv2d):
-            return projection.out_channels
-    return None
+def _staged(config: Any) -> bool:
+    """A hierarchical vision config (Swin): per-stage head counts, a first-stage width and an MLP ratio."""
+    return isinstance(getattr(config, "num_heads", None), list) and isinstance(getattr(config, "embed_dim", None),
+                                                                              int) and hasattr(config, "mlp_ratio")
 
 
 def _swin(model: nn.Module, config: Any, updates: Dict[str, Any], problems: List[str]) -> None:
     """Swin: stage widths are embed_dim * 2**i, MLPs are mlp_ratio times wider, heads per stage."""
-    stages = [m for n, m in model.named_modules() if type(m).__name__ == "SwinStage"]
+    stages = [m for m in model.modules() if isinstance(getattr(m, "blocks", None), nn.ModuleList)]
     dims, heads, ratios = [], [], []
     for stage in stages:
         blocks = [m for m in stage.modules() if projections(m) is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Optional
 
@@ -32,7 +33,7 @@ def resolve(spec: str) -> Optional[ModelSource]:
 
 def _example_inputs(model: Any, directory: str) -> Any:
     config = model.config
-    if getattr(config, "model_type", "") in ("vit", "swin", "deit", "beit", "convnext", "dinov2"):
+    if "pixel_values" in inspect.signature(model.forward).parameters:  # an image model
         size = getattr(config, "image_size", 224)
         return {"pixel_values": torch.randn(1, getattr(config, "num_channels", 3), size, size)}
     try:
