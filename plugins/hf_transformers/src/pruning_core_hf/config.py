@@ -157,11 +157,17 @@ def hidden_rounding(model: nn.Module) -> List[Any]:
     return hints
 
 
+def _is_norm(module: nn.Module) -> bool:
+    """A normalisation layer: a leaf with a 1-D weight and an epsilon (LayerNorm, RMSNorm variants)."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, nn.Parameter) and weight.ndim == 1 and not module._modules and \
+        any(isinstance(vars(module).get(a), float) for a in ("eps", "variance_epsilon", "epsilon"))
+
+
 def _residual_width(model: nn.Module) -> Optional[int]:
     """The width of the residual stream: the most common size of the normalisation layers, else the input
     embeddings' width (ALBERT and ELECTRA embed narrower than their hidden size)."""
-    sizes = Counter(m.weight.shape[0] for m in model.modules() if type(m).__name__.endswith("Norm")
-                    and isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.ndim == 1)
+    sizes = Counter(m.weight.shape[0] for m in model.modules() if _is_norm(m))
     if sizes:
         return sizes.most_common(1)[0][0]
     return getattr(optional_api(model, "get_input_embeddings"), "embedding_dim", None)
