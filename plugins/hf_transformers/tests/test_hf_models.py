@@ -283,3 +283,29 @@ def test_save_reports_the_form_it_wrote_and_both_load(tmp_path):
     assert saved.form == "pruning_core_hf" and "scalar_embed_scale" in saved.reason
     loaded = pruning_core_hf.from_pretrained(str(tmp_path / "gemma"))
     torch.testing.assert_close(logits(loaded, inputs), logits(gemma, inputs), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["t5", "qwen2_moe"])
+def test_save_solves_config_fields_the_plugin_never_names(family, tmp_path):
+    """T5's d_ff and Qwen2-MoE's shared_expert_intermediate_size are found from what they size."""
+    torch.manual_seed(0)
+    if family == "t5":
+        model = T.T5ForConditionalGeneration(T.T5Config(vocab_size=64, d_model=64, d_ff=128, d_kv=16, num_layers=2,
+                                                        num_heads=4, decoder_start_token_id=0))
+        inputs = {"input_ids": TEXT["input_ids"], "decoder_input_ids": torch.tensor([[0, 9, 14]])}
+        field, width = "d_ff", lambda m: m.encoder.block[0].layer[1].DenseReluDense.wi.out_features
+    else:
+        model = T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(
+            vocab_size=64, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_experts=4,
+            num_experts_per_tok=2, shared_expert_intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2))
+        inputs = TEXT
+        field = "shared_expert_intermediate_size"
+        width = lambda m: m.model.layers[0].mlp.shared_expert.up_proj.out_features  # noqa: E731
+    tp.pruner.BasePruner(model.eval(), inputs, pruning_ratio=0.3).step()
+    saved = pruning_core_hf.save_pretrained(model, str(tmp_path))
+    assert saved.form == "stock", saved.reason
+    written = json.loads((tmp_path / "config.json").read_text())[field]
+    assert written == width(model) < (128 if family == "t5" else 64)
+    expected = logits(model, inputs)
+    torch.testing.assert_close(stock_reload(tmp_path, type(model).__name__, inputs), expected, atol=1e-5, rtol=1e-5)

@@ -10,4 +10,5 @@ from .io import SavedModel, from_pretrained, save_pretrained
 
 __version__ = "0.1.0"
 
-__all__ = ["save_pretrained", "SavedModel", "from_pretrained", "prune_layers", "remove_layers", "block_influence", "layer_stack"]
+__all__ = ["save_pretrained", "SavedModel", "from_pretrained", "prune_layers", "remove_layers", "block_influence",
+           "layer_stack"]
