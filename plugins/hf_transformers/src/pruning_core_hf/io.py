@@ -75,7 +75,7 @@ def save_pretrained(model: nn.Module, directory: str, **kwargs: Any) -> SavedMod
             model.config = candidate
             model.save_pretrained(directory, **kwargs)
             for key, value in vars(candidate).items():  # the model's config now says what was saved
-                if getattr(kept, key, None) != value:
+                if not key.startswith("_") and getattr(kept, key, None) != value:
                     setattr(kept, key, value)
             logger.info("%s: saved in the stock form (loads with transformers' from_pretrained)", directory)
             return SavedModel(directory, STOCK)
