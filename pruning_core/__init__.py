@@ -12,9 +12,9 @@ from importlib import import_module
 from typing import Any
 
 from ._version import __version__
-from .errors import (ConfigurationError, EmptyLayerError, GraphError, InvalidIndicesError, NoHandlerError,
-                     PluginConflictError, PluginError, PruneFailedError, PruningError, SerializationError,
-                     TracingError, UnknownNameError, UnsupportedModelError)
+from .errors import (ConfigurationError, DistributedError, EmptyLayerError, GraphError, InvalidIndicesError,
+                     NoHandlerError, PlanMismatchError, PluginConflictError, PluginError, PruneFailedError,
+                     PruningError, SerializationError, TracingError, UnknownNameError, UnsupportedModelError)
 from .functional import *  # noqa: F401,F403 - the 22+ seed functions, listed in functional.__all__
 from .functional import __all__ as _functional_names
 from .graph import Dependency, DependencyGraph, Group, GroupItem
@@ -23,7 +23,7 @@ from .layer_handler import BasePruningFunc, CoupledPruningFunc
 from .records import (AttentionLayout, ImportanceSpec, LayerHandlerSpec, ModelScheme, ModelSource, OpRuleSpec,
                       PrunerSpec, StateCodec, StructureHint)
 
-_LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing")
+_LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing", "function", "distributed")
 
 
 def __getattr__(name: str) -> Any:
@@ -44,5 +44,5 @@ __all__ = [
     "hookimpl", "hookspec", "state_dict", "load_state_dict", "save_pruned", "load_pruned",
     "PruningError", "ConfigurationError", "InvalidIndicesError", "UnknownNameError", "GraphError", "TracingError",
     "UnsupportedModelError", "NoHandlerError", "EmptyLayerError", "PruneFailedError", "PluginError",
-    "PluginConflictError", "SerializationError", *_functional_names, *_LAZY_SUBMODULES,
+    "PluginConflictError", "SerializationError", "DistributedError", "PlanMismatchError", *_functional_names, *_LAZY_SUBMODULES,
 ]

@@ -63,6 +63,14 @@ class SerializationError(PruningError):
     """A saved pruned model cannot be loaded: truncated, tampered or mismatched."""
 
 
+class DistributedError(PruningError):
+    """Ranks of a process group disagree (statistics, plans, shapes); nothing was pruned."""
+
+
+class PlanMismatchError(DistributedError):
+    """The ranks planned to remove different channels; the error names the first group that differs."""
+
+
 __all__ = [
     "PruningError",
     "ConfigurationError",
@@ -77,6 +85,8 @@ __all__ = [
     "PluginError",
     "PluginConflictError",
     "SerializationError",
+    "DistributedError",
+    "PlanMismatchError",
 ]
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import EmptyLayerError, InvalidIndicesError
+from .lineage import note_slice
 
 Indices = Union[Sequence[int], torch.Tensor, range]
 
@@ -84,6 +85,9 @@ def prune_tensor(module: nn.Module, name: str, dim: int, keep: torch.Tensor) -> 
     tensor = getattr(module, name, None)
     if isinstance(tensor, torch.Tensor):
         replace_tensor(module, name, select(tensor, dim, keep))
+        new = module._parameters.get(name) if name in module._parameters else None
+        if new is not None and new is not tensor:
+            note_slice(tensor, new, dim, keep)  # optimizer state can follow (utils.prune_optimizer_state)
 
 
 def block_indices(idxs: torch.Tensor, block: int, copies: int) -> torch.Tensor:
@@ -216,6 +220,7 @@ class BasePruningFunc:
         pruned = nn.Parameter(torch.index_select(weight.detach(), pruning_dim, keep), requires_grad=weight.requires_grad)
         if weight.grad is not None:
             pruned.grad = torch.index_select(weight.grad.detach(), pruning_dim, keep.to(weight.grad.device))
+        note_slice(weight, pruned, pruning_dim, keep)
         return pruned
 
     def __repr__(self) -> str:

@@ -9,7 +9,7 @@ use it to name both sides.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from .errors import PluginError
 
@@ -254,6 +254,8 @@ class ModelSource:
     :param forward_fn: how to call the model, when ``model(inputs)`` is not enough.
     :param make_batch: ``make_batch(i)`` returns calibration batch ``i`` (defaults to random inputs).
     :param description: one line shown by the command line (``"timm convnext_tiny (random weights)"``).
+    :param encode_text: for text models, ``encode_text(lines)`` turns a list of strings into one batch
+        in the form of ``example_inputs`` (so ``--calib corpus.txt`` can calibrate on real text).
     """
 
     model: Any
@@ -263,6 +265,25 @@ class ModelSource:
     forward_fn: Optional[Callable[..., Any]] = None
     make_batch: Optional[Callable[[int], Any]] = None
     description: str = ""
+    encode_text: Optional[Callable[[List[str]], Any]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockStack(StructureHint):
+    """A structure hint: ``module``'s children are a stack of repeated blocks, run one after another.
+
+    Returned from ``collect_structure_hints`` like any hint (for example the
+    ``layers`` list of a transformers decoder, or a timm model's ``blocks``).
+    Sequential calibration then prunes the model block by block, calibrating each
+    block on the outputs of the already pruned blocks before it.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        children = getattr(self.module, "children", None)
+        if not callable(children) or len(list(children())) < 2:
+            raise PluginError("BlockStack.module must be a module with at least two children (the blocks), "
+                              f"got {type(self.module).__name__}")
 
 
 _ATTR_FIELDS = ("num_heads", "num_key_value_heads", "kv_groups", "head_dim", "width")

@@ -144,3 +144,74 @@ def test_a_step_that_breaks_the_model_is_undone_and_the_culprit_kept():
     assert model.a.out_features == 4      # the innocent group was still pruned
     assert model.mid.out_features == 6    # the breaking one was kept
     assert model(x).shape == (3, 2)
+
+
+# -- compensation (pruning_core/compensation) is part of the same transaction ----------------------------------
+
+class FlakyWithForm(Flaky):
+    """A flaky convolution handler that also describes its layer's linear form, so compensation runs."""
+
+    def linear_form(self, layer):
+        return self.inner.linear_form(layer)
+
+
+def _small_cnn():
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+              nn.Conv2d(8, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(),
+              nn.Conv2d(12, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4, bias=False)]
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.mark.parametrize("method", ["bias", "lstsq"])
+def test_a_compensated_step_fails_at_every_handler_call_and_restores_everything(method):
+    x = torch.randn(2, 3, 8, 8)
+    calibration = [torch.randn(2, 3, 8, 8) for _ in range(2)]
+    Flaky.calls, Flaky.fail_at = 0, -1
+    tp.pruner.BasePruner(_small_cnn(), x, importance="flap", pruning_ratio=0.5, calibration=calibration,
+                         compensation=method, customized_pruners={nn.Conv2d: FlakyWithForm(prune_conv_handler)}).step()
+    total = Flaky.calls
+    assert total == 5  # every conv side of the three groups
+    for k in range(1, total + 1):
+        model = _small_cnn()
+        reference = model(x)
+        conv = FlakyWithForm(prune_conv_handler)
+        pruner = tp.pruner.BasePruner(model, x, importance="flap", pruning_ratio=0.5, calibration=calibration,
+                                      compensation=method, customized_pruners={nn.Conv2d: conv})
+        before = fingerprint(model)
+        Flaky.calls, Flaky.fail_at = 0, k
+        with pytest.raises(tp.PruneFailedError, match="injected"):
+            pruner.step()
+        assert_same(before, fingerprint(model))  # created biases and refit weights are gone too
+        assert torch.equal(model(x), reference)
+        assert pruner.current_step == 0
+    Flaky.fail_at = -1
+    pruner.step()
+    assert model[3].in_channels == 4 and model[3].bias is not None  # compensation="bias"/"lstsq" made one
+
+
+def test_a_failure_inside_compensation_restores_the_step(monkeypatch):
+    import pruning_core.compensation as compensation
+
+    real = compensation.compensated
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # after the first layer was already refit
+            raise RuntimeError("solver exploded")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compensation, "compensated", failing)
+    model = _small_cnn()
+    x = torch.randn(2, 3, 8, 8)
+    reference = model(x)
+    pruner = tp.pruner.BasePruner(model, x, importance="obs", pruning_ratio=0.5, compensation="lstsq",
+                                  calibration=[torch.randn(2, 3, 8, 8)])
+    before = fingerprint(model)
+    with pytest.raises(RuntimeError, match="solver exploded"):
+        pruner.step()
+    assert len(calls) == 2
+    assert_same(before, fingerprint(model))
+    assert torch.equal(model(x), reference) and pruner.pruning_history() == []

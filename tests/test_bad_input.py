@@ -122,8 +122,6 @@ CASES = [
     ("torch.compile", lambda m: _graph(torch.compile(m)), tp.UnsupportedModelError, "model._orig_mod"),
     ("not a module", lambda m: tp.DependencyGraph().build_dependency(lambda x: x, X), tp.ConfigurationError,
      "must be a torch.nn.Module"),
-    ("pruning an output", lambda m: _graph(m).get_pruning_group(m.head, tp.prune_linear_out_channels, idxs=[0]),
-     tp.GraphError, "model output"),
     ("history for another model", lambda m: _graph(m).replay([{"module": "nope", "kind": "out", "idxs": [0]}]),
      tp.ConfigurationError, "does not match this model"),
 ]

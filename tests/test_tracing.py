@@ -129,9 +129,11 @@ def test_outputs_of_any_container_need_no_output_transform(form):
         assert groups == []
     else:
         assert len(groups) == 1 and groups[0].root_slot.target.qualname == "fc1"
-    # Output channels are never pruned: the classifier keeps its 3 outputs.
-    with pytest.raises(tp.GraphError, match="model output"):
-        DG.get_pruning_group(model.fc2, tp.prune_linear_out_channels, idxs=[0])
+    # Groups keep model outputs; an explicit request for one is honoured, as in Torch-Pruning.
+    assert all(g.root_slot.target.qualname != "fc2" for g in groups)
+    DG.get_pruning_group(model.fc2, tp.prune_linear_out_channels, idxs=[0]).prune()
+    assert model.fc2.out_features == 2 and model.fc2.weight.shape == (2, model.fc2.in_features)
+    model(torch.randn(2, 4))
 
 
 def test_output_transform_and_forward_fn_are_used():

@@ -23,4 +23,8 @@ def register_importance_criteria():
         ImportanceSpec("lamp", imp.LAMPImportance, "layer-adaptive magnitude (LAMP) scores"),
         ImportanceSpec("fpgm", imp.FPGMImportance, "distance to the geometric median of filters"),
         ImportanceSpec("activation", imp.ActivationImportance, "mean |activation| over calibration batches"),
+        ImportanceSpec("obdc", imp.OBDCImportance, "w^2 * per-sample Fisher diagonal (Torch-Pruning's OBDC)"),
+        ImportanceSpec("wanda", imp.WandaImportance, "structured Wanda |W| * input RMS (needs calibration)"),
+        ImportanceSpec("flap", imp.FLAPImportance, "FLAP input fluctuation * |W|^2, standardised (calibration)"),
+        ImportanceSpec("obs", imp.OBSImportance, "output error after optimal refit, from the input Gram"),
     ]

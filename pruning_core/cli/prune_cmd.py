@@ -1,88 +1,119 @@
-"""``pruning-core prune``: prune a model from a spec, save it, check the saved copy, report."""
+"""``pruning-core prune``: prune a model from a spec, save it, check the saved copy, report.
+
+Every argument is checked before the model is built; then the phases run in order, each with a
+progress bar on a terminal (one line each otherwise): loading, tracing, scoring (criteria that
+need data), pruning, saving, verification (reload the saved copy), latency.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from ..errors import ConfigurationError
-from ..graph.trace import iter_tensors
-from . import report
-from .sources import random_like, resolve, run_model
-
-DATA_CRITERIA = {"taylor", "hessian", "activation"}
+from ..utils.progress import phase
+from ..utils.tools import flatten_as_list
+from . import report, saving
+from .sources import check_runs, random_like, resolve, run_model
+from .validate import CALIBRATED_CRITERIA, DATA_CRITERIA, check_prune_args, ignored_modules, uses_calibration
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("prune", help="prune a model and save it",
                             description="Prune MODEL to a ratio, save it, reload the saved copy to check it, "
-                                        "and report parameters, MACs, latency and changed layers.")
-    parser.add_argument("model", help="torchvision:NAME, timm:NAME, hf:PATH, yolo:CONFIG.yaml, "
-                                      "file:path.py:factory, or a directory saved by this command")
+                                        "and report parameters, MACs, latency and changed layers. Exit status: 0 "
+                                        "done, 1 the saved copy did not reload identically, 2 bad input.")
+    parser.add_argument("model", nargs="?", help="torchvision:NAME, timm:NAME, hf:DIR, yolo:CONFIG.yaml, "
+                                                 "file:path.py:factory, or a directory or .pt file written by this "
+                                                 "command")
     parser.add_argument("--ratio", type=float, required=True, help="fraction of channels to remove (0 <= r < 1)")
-    parser.add_argument("--importance", default="l2", help="criterion name (pruning-core plugins --all lists them)")
+    parser.add_argument("--importance", default="l2",
+                        help="criterion name, default l2 (`pruning-core plugins --all` lists every criterion)")
     parser.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels globally")
     parser.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
-    parser.add_argument("--ignore", nargs="*", default=[], metavar="NAME", help="modules whose outputs are kept")
+    parser.add_argument("--ignore", nargs="+", action="extend", default=[], metavar="NAME",
+                        help="modules whose output channels are kept (put it after MODEL)")
     parser.add_argument("--iterative-steps", type=int, default=1)
+    parser.add_argument("--compensate", default="none", choices=("none", "bias", "lstsq"),
+                        help="repair the layers after removing channels: bias (add the removed channels' mean "
+                             "contribution to the bias) or lstsq (refit the kept weights); needs --calib")
     parser.add_argument("--calib", default=None,
-                        help="calibration data for taylor/hessian/activation: a number of random batches, or a "
-                             ".pt file with a tensor (split into batches) or a list of batches")
+                        help=f"calibration data for {', '.join(sorted(DATA_CRITERIA | CALIBRATED_CRITERIA))} and "
+                             "--compensate: a number of random batches, a .pt file with a tensor (split into "
+                             "batches) or a list of batches, or for hf: models a text file (one sample per line, "
+                             "tokenized with the model's tokenizer)")
     parser.add_argument("--input-shape", default=None, help="example input shape, for example 1,3,224,224")
     parser.add_argument("--output", "-o", required=True,
-                        help="a directory (weights.safetensors + pruning.json) or a .pt/.pth file")
+                        help="a directory (weights.safetensors + pruning.json; a transformers directory for hf: "
+                             "models) or a .pt/.pth file")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    parser.add_argument("--latency-budget", type=float, default=10.0, metavar="SECONDS",
+                        help="time for the latency comparison (interleaved rounds; default 10)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
 
-def _calibration(source: Any, calib: Optional[str], count_default: int = 4) -> List[Any]:
-    if calib is None:
-        calib = str(count_default)
-    if calib.isdigit():
+def _calibration(source: Any, calib: Optional[str], data: Any, count_default: int = 4,
+                 lines_per_batch: int = 8) -> List[Any]:
+    if isinstance(data, list) and data and all(isinstance(line, str) for line in data):
+        if source.encode_text is None:
+            raise ConfigurationError(f"--calib {calib}: {source.spec} has no tokenizer to encode text with; give "
+                                     "a .pt file of batches instead")
+        return [source.encode_text(data[i:i + lines_per_batch]) for i in range(0, len(data), lines_per_batch)]
+    if data is None:
+        count = int(calib) if calib is not None else count_default
         make = source.make_batch or (lambda i: random_like(source.example_inputs))
-        return [make(i) for i in range(int(calib))]
-    if not os.path.isfile(calib):
-        raise ConfigurationError(f"--calib must be a number of batches or a .pt file, got {calib!r}")
-    data = torch.load(calib, weights_only=True, map_location="cpu")
+        return [make(i) for i in range(count)]
     if isinstance(data, torch.Tensor):
-        batch = next(iter_tensors(source.example_inputs)).shape[0]
+        first = next((t for t in flatten_as_list(source.example_inputs) if isinstance(t, torch.Tensor)), None)
+        batch = first.shape[0] if first is not None and first.ndim else 1
         return list(data.split(batch))
-    if isinstance(data, (list, tuple)):
-        return list(data)
-    raise ConfigurationError(f"{calib} must hold a tensor or a list of batches")
+    return data
 
 
 def _loss(output: Any) -> torch.Tensor:
     """A stand-in loss for scoring without labels: the mean square of every float output."""
-    terms = [t.float().pow(2).mean() for t in iter_tensors(output) if t.is_floating_point()]
+    terms = [t.float().pow(2).mean() for t in flatten_as_list(output)
+             if isinstance(t, torch.Tensor) and t.is_floating_point()]
     if not terms:
         raise ConfigurationError("the model's output has no floating-point tensor to derive a loss from")
     return torch.stack(terms).sum()
 
 
-def _score_with_data(importance: Any, name: str, source: Any, batches: List[Any]) -> None:
-    from ..utils.progress import progress
-
+def _score_with_data(importance: Any, name: str, source: Any, batches: List[Any],
+                     advance: Callable[[], None]) -> None:
     model = source.model
     if name == "activation":
         importance.reset()
         with torch.no_grad(), importance.record(model):
-            for batch in progress(batches, "calibration"):
+            for batch in batches:
                 run_model(source, batch)
+                advance()
         return
     model.zero_grad()
     if name == "hessian":
         importance.zero_grad()
-    for batch in progress(batches, "calibration"):
-        _loss(run_model(source, batch)).backward()
-        if name == "hessian":
-            importance.accumulate_grad(model)
+    if name == "obdc":
+        importance.reset()
+        importance.prepare(model)
+    try:
+        for batch in batches:
+            if name == "obdc":
+                model.zero_grad()
+            _loss(run_model(source, batch)).backward()
+            if name == "hessian":
+                importance.accumulate_grad(model)
+            elif name == "obdc":
+                importance.step()
+            advance()
+    finally:
+        if name == "obdc":
+            importance.remove_hooks()
 
 
 def _layer_widths(model: nn.Module) -> Dict[str, Any]:
@@ -96,55 +127,16 @@ def _layer_widths(model: nn.Module) -> Dict[str, Any]:
             try:
                 widths[name] = (type(module).__name__, int(spec.handler.get_in_channels(module)),
                                 int(spec.handler.get_out_channels(module)))
-            except Exception:
+            except Exception:  # a handler that cannot size this instance: leave it out of the report
                 continue
     return widths
 
 
-def _measure(source: Any, latency: bool) -> Dict[str, Any]:
+def _count(source: Any) -> Dict[str, Any]:
     from ..utils import count_ops_and_params
-    from ..utils.benchmark import measure_latency
 
     macs, params = count_ops_and_params(source.model, source.example_inputs, forward_fn=source.forward_fn)
-    result: Dict[str, Any] = {"params": int(params), "macs": int(macs)}
-    if latency:
-        mean, std = measure_latency(source.model, source.example_inputs, forward_fn=source.forward_fn)
-        result["latency_ms"] = round(mean, 3)
-        result["latency_std_ms"] = round(std, 3)
-    return result
-
-
-def _save(model: nn.Module, output: str, spec: str) -> str:
-    from .. import serialization
-
-    if output.endswith((".pt", ".pth")):
-        payload = serialization.state_dict(model)
-        payload["model_spec"] = spec
-        directory = os.path.dirname(os.path.abspath(output))
-        os.makedirs(directory, exist_ok=True)
-        torch.save(payload, output)
-        return output
-    serialization.save_pruned(model, output, model_spec=spec)
-    return output
-
-
-def _reload_check(spec: str, output: str, inputs: Any, expected: Any, input_shape: Optional[str]) -> Dict[str, Any]:
-    """Build the unpruned model again, load what was saved (no pickled code), compare outputs."""
-    from .. import serialization
-
-    fresh = resolve(spec, input_shape)
-    if output.endswith((".pt", ".pth")):
-        serialization.load_state_dict(fresh.model, torch.load(output, weights_only=True))
-    else:
-        serialization.load_pruned(fresh.model, output)
-    fresh.model.eval()
-    with torch.no_grad():
-        got = run_model(fresh, inputs)
-    diffs = [float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
-             for a, b in zip(iter_tensors(got), iter_tensors(expected))]
-    same_shapes = [tuple(t.shape) for t in iter_tensors(got)] == [tuple(t.shape) for t in iter_tensors(expected)]
-    max_diff = max(diffs) if diffs else 0.0
-    return {"weights_only": True, "max_abs_diff": max_diff, "ok": same_shapes and max_diff == 0.0}
+    return {"params": int(params), "macs": int(macs)}
 
 
 def _output_layers(pruner: Any) -> set:
@@ -156,39 +148,64 @@ def _output_layers(pruner: Any) -> set:
     return names
 
 
+def _unpruned_copy(source: Any) -> Optional[nn.Module]:
+    """A copy of the model before pruning, timed against the pruned one in the same run."""
+    try:
+        return copy.deepcopy(source.model)
+    except Exception:  # a model that cannot be copied is built again
+        return resolve(source.spec).model.eval()
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import importance as importance_module
     from ..pruner import BasePruner
-    from ..utils.progress import progress
+    from ..utils.latency import compare_latency
 
-    source = resolve(args.model, args.input_shape)
+    calib_data = check_prune_args(args)
+    with phase("loading"):
+        source = resolve(args.model, args.input_shape)
+        check_runs(source, from_shape=bool(args.input_shape))
     model = source.model.eval()
-    lookup = dict(model.named_modules())
-    missing = [name for name in args.ignore if name not in lookup]
-    if missing:
-        raise ConfigurationError(f"--ignore names modules this model does not have: {', '.join(missing)}")
+    ignored = list(source.keep) + ignored_modules(model, args.ignore)
     importance = importance_module.create(args.importance)
-    before = _measure(source, not args.no_latency)
+    before = _count(source)
     widths_before = _layer_widths(model)
-    batches = _calibration(source, args.calib) if args.importance in DATA_CRITERIA else []
-    ignored = list(source.keep) + [lookup[name] for name in args.ignore]
-    pruner = BasePruner(model, source.example_inputs, importance=importance, pruning_ratio=args.ratio,
-                        global_pruning=args.global_pruning, round_to=args.round_to, ignored_layers=ignored,
-                        iterative_steps=args.iterative_steps, forward_fn=source.forward_fn)
-    for _ in progress(range(args.iterative_steps), "pruning steps"):
+    original = _unpruned_copy(source) if not args.no_latency else None
+    batches = _calibration(source, args.calib, calib_data) if uses_calibration(args) else []
+    calibrated = args.importance in CALIBRATED_CRITERIA or args.compensate != "none"
+    with phase("tracing"):
+        pruner = BasePruner(model, source.example_inputs, importance=importance, pruning_ratio=args.ratio,
+                            global_pruning=args.global_pruning, round_to=args.round_to, ignored_layers=ignored,
+                            iterative_steps=args.iterative_steps, forward_fn=source.forward_fn,
+                            calibration=batches if calibrated else None,
+                            compensation=None if args.compensate == "none" else args.compensate)
+    if args.importance not in DATA_CRITERIA:
+        batches = []  # the pruner scores (and compensates) from calibration itself
+    for step in range(1, args.iterative_steps + 1):
+        suffix = f" {step}/{args.iterative_steps}" if args.iterative_steps > 1 else ""
         if batches:
-            _score_with_data(importance, args.importance, source, batches)
-        pruner.step()
+            with phase(f"scoring{suffix}", total=len(batches)) as bar:
+                _score_with_data(importance, args.importance, source, batches, bar.advance)
+        with phase(f"pruning{suffix}"):
+            pruner.step()
     model.zero_grad(set_to_none=True)
-    after = _measure(source, not args.no_latency)
+    model.eval()
+    after = _count(source)
     with torch.no_grad():
         expected = run_model(source, source.example_inputs)
-    saved = _save(model, args.output, source.spec)
-    check = _reload_check(source.spec, saved, source.example_inputs, expected, args.input_shape)
-    widths_after = _layer_widths(model)
-    kept_names = sorted({name for name, module in lookup.items() if any(module is k for k in ignored)} |
+    with phase("saving"):
+        saved = saving.save(model, source, args.output)
+    with phase("verification"):
+        check = saving.reload_check(source, saved, expected, args.input_shape)
+    latency = None
+    if original is not None:
+        latency = compare_latency(original, model, source.example_inputs, forward_fn=source.forward_fn,
+                                  budget_s=args.latency_budget, lines=True).as_dict()
+        if latency["rounds"]:
+            before["latency_ms"], after["latency_ms"] = latency["original"]["wall_ms"], latency["pruned"]["wall_ms"]
+    kept_names = sorted({name for name, module in model.named_modules() if any(module is k for k in ignored)} |
                         _output_layers(pruner))
-    result = report.build(args, source, before, after, widths_before, widths_after, saved, check, kept_names,
-                          pruner)
+    result = report.build(args, source, before, after, widths_before, _layer_widths(model), saved, check,
+                          kept_names, pruner, latency)
     print(json.dumps(result, indent=2) if args.json else report.render(result))
     return 0 if check["ok"] else 1

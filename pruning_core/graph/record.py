@@ -47,7 +47,9 @@ def ensure_record(module: nn.Module) -> Dict[str, Any]:
     """The module's record, created (with its original state) on first use."""
     record = module.__dict__.get(RECORD_ATTR)
     if record is None:
-        record = {"attrs": plain_attrs(module), "shapes": tensor_shapes(module), "kept": {}, "sizes": {}}
+        # pruned_attrs starts empty: attributes the user sets later are not pruning's changes.
+        record = {"attrs": plain_attrs(module), "shapes": tensor_shapes(module), "kept": {}, "sizes": {},
+                  "pruned_attrs": []}
         module.__dict__[RECORD_ATTR] = record
     return record
 
@@ -127,9 +129,6 @@ def adopt_record(module: nn.Module, attrs: Dict[str, Any], removed: Dict[str, Li
     module.__dict__[RECORD_ATTR] = record
 
 
-
-
-
 def original_attr(module: nn.Module, attr: str, default: Any = _MISSING) -> Any:
     """``module.attr`` as it was before any pruning (the current value if pruning never changed the module).
 
@@ -150,6 +149,14 @@ def original_shape(module: nn.Module, tensor_name: str) -> Optional[List[int]]:
         return list(record["shapes"][tensor_name])
     tensor = getattr(module, tensor_name, None)
     return list(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+
+
+def added_tensors(module: nn.Module) -> List[str]:
+    """Parameters the module has now but did not have before pruning (a bias compensation created)."""
+    record = module.__dict__.get(RECORD_ATTR)
+    if record is None:
+        return []
+    return [name for name, tensor in module._parameters.items() if tensor is not None and name not in record["shapes"]]
 
 
 def was_pruned(module: nn.Module) -> bool:

@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any, List
 
 from .activation import ActivationImportance
+from .calibrated import CalibratedImportance, FLAPImportance, OBSImportance, WandaImportance
 from .base import GroupView, Importance, lamp_transform, normalize, reduce_scores
 from .gradient import GroupHessianImportance, GroupTaylorImportance
 from .magnitude import (BNScaleImportance, FPGMImportance, GroupMagnitudeImportance, LAMPImportance,
                         MagnitudeImportance)
+from .parity import OBDCImportance
 from .random import RandomImportance
 
 TaylorImportance = GroupTaylorImportance
@@ -36,6 +38,7 @@ def create(name: str, **kwargs: Any) -> Any:
 __all__ = [
     "Importance", "GroupView", "GroupMagnitudeImportance", "MagnitudeImportance", "GroupTaylorImportance",
     "TaylorImportance", "GroupHessianImportance", "HessianImportance", "RandomImportance", "BNScaleImportance",
-    "LAMPImportance", "FPGMImportance", "ActivationImportance", "normalize", "reduce_scores", "lamp_transform",
+    "LAMPImportance", "FPGMImportance", "ActivationImportance", "OBDCImportance", "CalibratedImportance",
+    "WandaImportance", "FLAPImportance", "OBSImportance", "normalize", "reduce_scores", "lamp_transform",
     "names", "create",
 ]

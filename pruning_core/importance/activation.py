@@ -101,6 +101,22 @@ class ActivationImportance(Importance):
         return hook
 
     @torch.no_grad()
+    def reduce_state(self, reducer: Any, model: nn.Module) -> None:
+        """Sum the activation statistics, element counts and batch counts over the ranks."""
+        names = {id(m): name for name, m in model.named_modules()}
+        state: Dict[str, torch.Tensor] = {"batches": torch.tensor(float(self.batches))}
+        for key, total in self._sums.items():
+            if key in names:
+                state[f"sum/{names[key]}"] = total
+                state[f"count/{names[key]}"] = torch.tensor(float(self._counts[key]))
+        summed = reducer.sum(state, "ActivationImportance statistics")
+        self.batches = int(round(float(summed["batches"])))
+        for key in list(self._sums):
+            if key in names:
+                self._sums[key] = summed[f"sum/{names[key]}"]
+                self._counts[key] = int(round(float(summed[f"count/{names[key]}"])))
+
+    @torch.no_grad()
     def __call__(self, group) -> torch.Tensor:
         view = GroupView(group)
         scores = []

@@ -19,7 +19,7 @@ from ..graph.positions import atom_offsets
 from ..graph.group import Group
 from ..graph.slots import Slot
 
-REDUCTIONS = ("mean", "sum", "max", "prod", "first", None)
+REDUCTIONS = ("mean", "sum", "max", "prod", "first", "gate", None)
 NORMALIZERS = ("mean", "max", "sum", "standarization", "gaussian", "lamp", None)
 
 
@@ -143,13 +143,21 @@ def _param_names(slot: Slot) -> Dict[int, str]:
 
 
 def reduce_scores(scores: List[torch.Tensor], reduction: Optional[str]) -> Optional[torch.Tensor]:
-    """Combine per-member scores of one group."""
+    """Combine per-member scores of one group.
+
+    ``"first"`` keeps the first member's scores (the root layer's), ``"gate"`` the last
+    member's, as in Torch-Pruning (a gate placed after the layers it controls). With ``None``
+    nothing is combined: the result is the ``(members, channels)`` stack of every member's
+    scores, as Torch-Pruning returns it.
+    """
     if not scores:
         return None
     stacked = torch.stack(scores)
+    if reduction is None:
+        return stacked
     if reduction == "mean":
         return stacked.mean(0)
-    if reduction == "sum" or reduction is None:
+    if reduction == "sum":
         return stacked.sum(0)
     if reduction == "max":
         return stacked.max(0).values
@@ -157,6 +165,8 @@ def reduce_scores(scores: List[torch.Tensor], reduction: Optional[str]) -> Optio
         return stacked.prod(0)
     if reduction == "first":
         return stacked[0]
+    if reduction == "gate":
+        return stacked[-1]
     raise ConfigurationError(f"group_reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
@@ -229,4 +239,6 @@ class Importance:
             raise GraphError(
                 f"{type(self).__name__} found no parameters to score in the group rooted at "
                 f"{group.root_slot.describe()}; give its handlers a channel_params(layer, side) method")
+        if reduced.ndim == 2 and self.normalizer == "lamp":  # unreduced: LAMP ranks within each member
+            return torch.stack([normalize(row, self.normalizer) for row in reduced])
         return normalize(reduced, self.normalizer)

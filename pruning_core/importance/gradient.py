@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -41,6 +41,13 @@ class GroupTaylorImportance(Importance):
             return None if summed is None else summed.abs()
         return view.unit_scores(member, product, lambda t: t.abs().sum((0, 2)))
 
+    @torch.no_grad()
+    def reduce_state(self, reducer: Any, model: nn.Module) -> None:
+        """Average ``.grad`` over the ranks, in place, as DistributedDataParallel does (a no-op under DDP)."""
+        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        for name, value in reducer.mean(grads, "GroupTaylorImportance gradients").items():
+            grads[name].copy_(value)
+
 
 class GroupHessianImportance(Importance):
     """Optimal-brain-damage style ``w^2 * H_diag``, with ``H_diag`` the mean squared per-sample gradient.
@@ -76,6 +83,28 @@ class GroupHessianImportance(Importance):
                 self._accumulated[key] = squared.clone()
                 self._counts[key] = 1
             param.grad = None
+
+    @torch.no_grad()
+    def reduce_state(self, reducer: Any, model: nn.Module) -> None:
+        """Sum the accumulated squared gradients and sample counts over the ranks.
+
+        With nothing accumulated (scoring from ``.grad`` alone), average ``.grad`` instead, as
+        DDP does: the square of the averaged gradient is what one process on all the data scores.
+        """
+        names = {id(p): name for name, p in model.named_parameters()}
+        if not self._accumulated:
+            GroupTaylorImportance.reduce_state(self, reducer, model)  # type: ignore[arg-type]
+            return
+        state: Dict[str, torch.Tensor] = {}
+        for key, total in self._accumulated.items():
+            if key in names:  # parameters pruning replaced since are left out (same on every rank)
+                state[f"sum/{names[key]}"] = total
+                state[f"count/{names[key]}"] = torch.tensor(float(self._counts[key]))
+        summed = reducer.sum(state, "GroupHessianImportance accumulated gradients")
+        for key in list(self._accumulated):
+            if key in names:
+                self._accumulated[key] = summed[f"sum/{names[key]}"]
+                self._counts[key] = int(round(float(summed[f"count/{names[key]}"])))
 
     def member_scores(self, view: GroupView, member: MemberTensor) -> Optional[torch.Tensor]:
         key = id(member.param)

@@ -91,15 +91,25 @@ class GroupNormPruner(BasePruner):
     def regularize(self, model: Optional[nn.Module] = None, loss: Any = None, reg: Optional[float] = None,
                    **kwargs: Any) -> None:
         strength = self.reg if reg is None else reg
-        for planned in self._groups:
+        reduced: Optional[List[torch.Tensor]] = None
+        if _rank_context(self) is not None:  # norms averaged over the ranks first, in one collective
+            squares = []
+            for planned in self._groups:
+                view, elements = _grouped_elements(self, planned)
+                if elements:
+                    squares.append(self._squares(elements, view.num_channels))
+            reduced = _mean_over_ranks(self, squares)
+        position = 0
+        for planned in self._groups:  # one group at a time: element maps of large models are not all kept
             view, elements = _grouped_elements(self, planned)
             if not elements:
                 continue
-            norms = torch.zeros(view.num_channels)
-            for param, owner in elements:
-                keep = owner >= 0
-                norms.index_add_(0, owner[keep], param.detach().reshape(-1).float().cpu()[keep].pow(2))
-            norms = norms.sqrt() + 1e-12
+            if reduced is None:
+                squares_of_group = self._squares(elements, view.num_channels)
+            else:
+                squares_of_group = reduced[position]
+                position += 1
+            norms = squares_of_group.sqrt() + 1e-12
             spread = norms.max() - norms.min()
             scale = self.alpha ** ((norms.max() - norms) / (spread + 1e-12)) if spread > 0 else torch.ones_like(norms)
             factor = strength * scale / norms
@@ -109,6 +119,33 @@ class GroupNormPruner(BasePruner):
                 weight = param.detach().view(-1)
                 idx = torch.nonzero(keep).reshape(-1).to(grad.device)
                 grad.index_add_(0, idx, (factor[owner[keep]].to(grad.device, grad.dtype) * weight[idx]))
+
+    @staticmethod
+    def _squares(elements: List[Tuple[Any, torch.Tensor]], channels: int) -> torch.Tensor:
+        """Each channel's sum of squared weights over the group's parameters."""
+        squares = torch.zeros(channels)
+        for param, owner in elements:
+            keep = owner >= 0
+            squares.index_add_(0, owner[keep], param.detach().reshape(-1).float().cpu()[keep].pow(2))
+        return squares
+
+
+def _rank_context(pruner: BasePruner) -> Any:
+    from .sync import context
+
+    return context(pruner)
+
+
+def _mean_over_ranks(pruner: BasePruner, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Group norms averaged over the ranks (identical replicas, as under DDP, are unchanged), in one collective."""
+    from ..distributed import StateReducer
+
+    found = _rank_context(pruner)
+    if found is None:
+        return tensors
+    named = {f"{i:06d}": t for i, t in enumerate(tensors)}
+    reduced = StateReducer(found).mean(named, f"{type(pruner).__name__} group norms")
+    return [reduced[name] for name in sorted(named)]
 
 
 class GrowingRegPruner(BasePruner):
@@ -133,6 +170,7 @@ class GrowingRegPruner(BasePruner):
         return current
 
     def update_regularizer(self) -> None:
+        self.sync_statistics()  # every rank grows the penalty of the same channels
         for planned in self._groups:
             regs = self._reg_for(planned)
             keep, _ = keep_count(planned, planned.ratio, self.options)

@@ -11,12 +11,14 @@ from torch import nn
 from .._gc import without_gc
 from ..errors import ConfigurationError, PruneFailedError, PruningError, warn
 from ..graph.depgraph import DependencyGraph
+from ..calibration.runner import Calibrator
 from ..graph.dims import leaves
 from ..graph.group import Group
 from ..graph.grouping import expand_ignored
 from ..graph.validate import bisect_failures
 from .options import PruningOptions
 from .planning import PlannedGroup, PruningWarning, group_for, plan_step, resolve_ratio
+from . import sync
 from .structure import apply_structure
 
 
@@ -54,6 +56,7 @@ class BasePruner:
     @without_gc
     def __init__(self, model: nn.Module, example_inputs: Any, importance: Any = None, **kwargs: Any) -> None:
         self.options = PruningOptions.from_kwargs(**kwargs)
+        sync.check_model(model)  # a DDP wrapper or a sharded (FSDP) model: a clear error with the recipe
         self.model = model
         self.example_inputs = example_inputs
         if importance is None and self.default_importance is not None:
@@ -68,6 +71,7 @@ class BasePruner:
         self._apply_structure()
         self.current_step = 0
         self._groups = self._plan_groups()
+        self._calibrator = Calibrator(self)  # calibration statistics and compensation (pruning_core/calibration)
 
     # -- seed-compatible attributes -------------------------------------------------
     @property
@@ -173,14 +177,22 @@ class BasePruner:
             return iter(()) if interactive else None
         self.current_step += 1
         try:
+            self._calibrator.before_step(interactive)  # fresh calibration statistics for this step
+            self.sync_statistics()  # reduce this step's statistics across ranks (calibration included)
             if interactive:
-                return self._interactive(plan_step(self._groups, self.current_step, self.options,
-                                                   self._score_planned))
+                plan = plan_step(self._groups, self.current_step, self.options, self._score_planned)
+                sync.check_plan(self, plan)
+                return self._interactive(plan)
             self._run_step()
+            self._calibrator.after_step()  # statistics are stale once the step is done: free them
         except BaseException:
             self.current_step -= 1  # the step did not happen
             raise
         return None
+
+    def sync_statistics(self) -> None:
+        """Sum the criterion's accumulated statistics over the ranks (see ``distributed``); step() calls it."""
+        sync.reduce_statistics(self)
 
     def _score_planned(self, planned: PlannedGroup) -> torch.Tensor:
         return self.estimate_importance(planned)
@@ -188,7 +200,9 @@ class BasePruner:
     def _prune_plan(self, plan: Sequence) -> None:
         for planned, idxs in plan:
             if idxs:
-                group_for(self.DG, planned, idxs).prune()
+                group = group_for(self.DG, planned, idxs)
+                self._calibrator.compensate(group)  # refit the consumers before their inputs go
+                group.prune()
 
     @without_gc
     def _run_step(self) -> None:
@@ -199,10 +213,16 @@ class BasePruner:
         and frozen with the reason, and the step is planned again without them.
         """
         while True:
-            plan = [(g, idxs) for g, idxs in plan_step(self._groups, self.current_step, self.options,
-                                                         self._score_planned) if idxs]
+            walk = self._calibrator.sequential_walk()  # sequential calibration plans and prunes block by block
+            plan = [] if walk else [(g, idxs) for g, idxs in plan_step(self._groups, self.current_step,
+                                                                         self.options, self._score_planned) if idxs]
+            if not walk:
+                sync.check_plan(self, plan)  # every rank must remove the same channels
             with self.DG.transaction(step=True) as transaction:
-                self._prune_plan(plan)
+                if walk:
+                    plan = walk()
+                else:
+                    self._prune_plan(plan)
                 self.DG.end_step()
                 failure = self.DG.verify() if self.options.validate and plan else None
                 if failure is not None:
@@ -242,7 +262,8 @@ class BasePruner:
         try:
             for planned, idxs in plan:
                 if idxs:
-                    yield group_for(self.DG, planned, idxs)
+                    yield self._calibrator.interactive_group(group_for(self.DG, planned, idxs))
+            self._calibrator.after_step()
             self.DG.end_step()
             failure = self.DG.verify() if self.options.validate else None
             if failure is not None:

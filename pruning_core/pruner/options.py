@@ -57,6 +57,13 @@ class PruningOptions:
     forward_fn: Optional[Callable[[nn.Module, Any], Any]] = None
     output_transform: Optional[Callable[[Any], Any]] = None
     validate: bool = True
+    # Calibration (pruning_core/calibration): data-aware criteria and compensation.
+    calibration: Any = None  # an iterable of batches in the form of example_inputs
+    compensation: Optional[str] = None  # None, "bias" or "lstsq"
+    sequential: Optional[bool] = None  # None: on where a plugin names the model's stack of blocks
+    damping: Optional[float] = None  # lstsq/obs ridge, as a fraction of the mean Gram diagonal (default 0.01)
+    distributed: Optional[bool] = None  # None: reduce and check across ranks when torch.distributed is initialized
+    process_group: Any = None  # the torch.distributed group to reduce over (None: the default group)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "PruningOptions":
@@ -96,15 +103,34 @@ class PruningOptions:
             for module, value in getattr(self, name).items():
                 if not isinstance(module, nn.Module) or not isinstance(value, int) or value < 1:
                     raise ConfigurationError(f"{name} must map modules to positive ints, got {module!r}: {value!r}")
+        if self.distributed is not None and not isinstance(self.distributed, bool):
+            raise ConfigurationError(f"distributed must be None, True or False, got {self.distributed!r}")
         if not callable(self.iterative_pruning_ratio_scheduler):
             raise ConfigurationError("iterative_pruning_ratio_scheduler must be callable(ratio, steps) -> list")
         if self.root_module_types is not None:
             self.root_module_types = tuple(self.root_module_types)
+        self._check_calibration()
         schedule = self.iterative_pruning_ratio_scheduler(self.pruning_ratio, self.iterative_steps)
         if len(schedule) != self.iterative_steps + 1:
             raise ConfigurationError(
                 f"the scheduler returned {len(schedule)} ratios for {self.iterative_steps} steps; "
                 f"it must return iterative_steps + 1 values starting at 0")
+
+
+    def _check_calibration(self) -> None:
+        from ..compensation import check_method
+
+        check_method(self.compensation)
+        if self.sequential is not None and not isinstance(self.sequential, bool):
+            raise ConfigurationError(f"sequential must be True, False or None, got {self.sequential!r}")
+        if self.damping is not None and (isinstance(self.damping, bool) or not isinstance(self.damping, (int, float))
+                                         or not 0 <= self.damping < float("inf")):
+            raise ConfigurationError(f"damping must be a number >= 0 (a fraction of the mean Gram diagonal), "
+                                     f"got {self.damping!r}")
+        if self.calibration is not None:
+            from ..calibration.batches import reiterable
+
+            self.calibration = reiterable(self.calibration)
 
 
 def _key_name(key: Any) -> str:

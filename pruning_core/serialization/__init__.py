@@ -8,11 +8,10 @@ Two forms, both rebuilt on a freshly constructed *unpruned* model:
   weights in ``weights.safetensors`` and the structure in ``pruning.json``
   (new shapes, changed attributes, which channels each module lost).
 
-Loading checks the record against the model, resizes the recorded tensors,
-sets the recorded attributes and loads the weights strictly. Anything wrong (a
-truncated file, an edited record, another model) raises
-:class:`pruning_core.SerializationError` naming the problem, and the model is
-left as it was.
+Loading checks the record against the model, resizes the recorded tensors, sets the
+recorded attributes and loads the weights strictly. Anything wrong (a truncated file,
+an edited record, another model) raises :class:`pruning_core.SerializationError`
+naming the problem, and the model is left as it was.
 """
 
 from __future__ import annotations
@@ -20,16 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .._version import __version__
-from ..errors import SerializationError
+from ..errors import ConfigurationError, SerializationError
 from ..graph.transaction import ModuleSnapshot
 from ..records import class_key
 from ..graph.record import adopt_record, changes, ensure_record, is_plain
+from .attributes import attribute_selector, raw_bytes, write_safetensors
 
 FORMAT = "pruning_core.pruned/1"
 WEIGHTS_FILE = "weights.safetensors"
@@ -58,15 +58,33 @@ def decode(value: Any) -> Any:
 
 
 # -- what is saved ----------------------------------------------------------------------
-def structure_of(model: nn.Module) -> Dict[str, Any]:
-    """Per module name: class, changed attributes, new tensor shapes and lost channels."""
+def structure_of(model: nn.Module, attributes: Union[None, str, Sequence[str]] = None) -> Dict[str, Any]:
+    """Per module name: class, changed attributes, new tensor shapes and lost channels.
+
+    :param attributes: also keep plain attributes pruning did not change: ``"all"`` (every public plain
+        attribute of every module) or a list of names (dicts of plain data allowed). Default: only what
+        pruning changed.
+    """
+    keep = attribute_selector(attributes)
     out: Dict[str, Any] = {}
+    found_names: set = set()
     for name, module in model.named_modules():
         found = changes(module)
-        if found is not None:
-            out[name] = {"class": class_key(type(module)), "attrs": encode(found["attrs"]),
-                         "shapes": found["shapes"], "removed": found["removed"],
-                         "sizes": {k: v for k, v in found["sizes"].items() if k in found["removed"]}}
+        extra = keep(name, module) if keep is not None else {}
+        found_names.update(extra)
+        if found is None and not extra:
+            continue
+        if found is None:
+            found = {"attrs": {}, "shapes": {}, "removed": {}, "sizes": {}}
+        attrs = {**extra, **found["attrs"]}
+        out[name] = {"class": class_key(type(module)), "attrs": encode(attrs), "shapes": found["shapes"],
+                     "removed": found["removed"],
+                     "sizes": {k: v for k, v in found["sizes"].items() if k in found["removed"]}}
+    if isinstance(attributes, (list, tuple, set)):
+        missing = sorted(set(attributes) - found_names)
+        if missing:
+            raise ConfigurationError(f"attributes={sorted(attributes)!r}: no module of the model has a plain-data "
+                                     f"attribute named {', '.join(map(repr, missing))}")
     return out
 
 
@@ -89,16 +107,19 @@ def _extra_state(model: nn.Module) -> Dict[str, Any]:
     return state
 
 
-def state_dict(model: nn.Module) -> Dict[str, Any]:
+def state_dict(model: nn.Module, attributes: Union[None, str, Sequence[str]] = None) -> Dict[str, Any]:
     """The pruned model's weights plus its structure record, as tensors and plain data only.
 
     Save it with ``torch.save``; load it with ``torch.load(path, weights_only=True)`` and
     :func:`load_state_dict` into a freshly built, unpruned model of the same architecture.
+
+    :param attributes: ``"all"`` or a list of names to also keep your own plain attributes
+        (``model.num_classes = 10``, ``block.note = "x"``); by default only what pruning changed.
     """
     payload = {
         "format": FORMAT,
         "pruning_core": __version__,
-        "structure": structure_of(model),
+        "structure": structure_of(model, attributes),
         "extra": _extra_state(model),
     }
     tensors = {k: v.detach() for k, v in model.state_dict().items()}
@@ -115,7 +136,7 @@ def _tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         tensor = tensors[name]
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         if tensor.device.type != "meta" and tensor.numel():
-            digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(raw_bytes(tensor))
     return digest.hexdigest()
 
 
@@ -169,10 +190,8 @@ def is_plain_tree(value: Any) -> bool:
 
 
 def rebuild_structure(model: nn.Module, structure: Dict[str, Any]) -> None:
-    """Resize the recorded tensors and set the recorded attributes on a fresh model (no weights loaded).
-
-    ``structure`` is what :func:`structure_of` returned for the pruned model.
-    """
+    """Resize the recorded tensors and set the recorded attributes on a fresh model (no weights loaded);
+    ``structure`` is what :func:`structure_of` returned for the pruned model."""
     modules = dict(model.named_modules())
     replaced: Dict[int, torch.Tensor] = {}  # keeps tied weights tied
     originals: List[torch.Tensor] = []  # keeps replaced tensors alive, so their ids cannot be reused
@@ -188,6 +207,8 @@ def rebuild_structure(model: nn.Module, structure: Dict[str, Any]) -> None:
         for tname, shape in entry["shapes"].items():
             store = module._parameters if tname in module._parameters else module._buffers
             current = store.get(tname)
+            if current is None and store.get("weight") is not None and tname in store:  # a bias compensation made
+                current = nn.Parameter(store["weight"].new_empty(0), requires_grad=store["weight"].requires_grad)
             if current is None:
                 raise SerializationError(f"the record resizes {name}.{tname}, which this model does not have")
             if id(current) not in replaced:
@@ -284,11 +305,10 @@ def save_pruned(model: nn.Module, directory: str, model_spec: Optional[str] = No
     :param model_spec: how to build the unpruned model (``"torchvision:resnet18"``), so
         ``pruning-core inspect directory`` can rebuild it.
     """
-    try:
-        from safetensors.torch import save_file
-    except ImportError as exc:  # pragma: no cover - safetensors ships with the 'all' and 'test' extras
-        raise SerializationError('saving as safetensors needs the safetensors package: '
-                                 'pip install "pruning-core[serialization]"') from exc
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigurationError(f"cannot save into {directory}: it exists and is a file; save_pruned writes a "
+                                 "directory (weights.safetensors + pruning.json), so pass a new or existing "
+                                 "directory path")
     payload = state_dict(model)
     os.makedirs(directory, exist_ok=True)
     tensors: Dict[str, torch.Tensor] = {}
@@ -302,7 +322,7 @@ def save_pruned(model: nn.Module, directory: str, model_spec: Optional[str] = No
         first_name[key] = name
         tensors[name] = tensor.contiguous().cpu()
     weights_path = os.path.join(directory, WEIGHTS_FILE)
-    save_file(tensors, weights_path)
+    write_safetensors(tensors, weights_path)
     record = {key: payload[key] for key in ("format", "pruning_core", "structure", "extra")}
     record.update({"aliases": aliases, "weights_sha256": _sha256(weights_path), "model_spec": model_spec,
                    "metadata": metadata or {}})

@@ -111,6 +111,12 @@ class ConvPruner(BasePruningFunc):
         view = None if layer.groups == 1 else _GroupedView(layer.groups)
         return [(layer.weight, 1, view)] + param_list((bias, 0))
 
+    def linear_form(self, layer: nn.Module) -> Any:
+        """Unfolded patches for Conv1d/Conv2d (calibration Gram and compensation); None otherwise."""
+        from ...calibration.forms import conv_form
+
+        return conv_form(layer)
+
 
 class _GroupedView:
     """Lays a grouped conv weight out with one column per channel of its grouped side."""
@@ -146,6 +152,8 @@ class DepthwiseConvPruner(CoupledPruningFunc):
 
     def channel_params(self, layer: nn.Module, side: str) -> List[Tuple[torch.Tensor, int, Any]]:
         return param_list((layer.weight, 0), (layer.bias, 0))
+
+    linear_form = ConvPruner.linear_form
 
 
 prune_conv_handler = ConvPruner()

@@ -46,6 +46,12 @@ class LinearPruner(BasePruningFunc):
             return param_list((layer.weight, 0), (layer.bias, 0))
         return param_list((layer.weight, 1))
 
+    def linear_form(self, layer: nn.Module) -> Any:
+        """``y = x @ W.T + b`` (calibration Gram and compensation)."""
+        from ...calibration.forms import dense_form
+
+        return dense_form(layer)
+
 
 prune_linear_handler = LinearPruner()
 

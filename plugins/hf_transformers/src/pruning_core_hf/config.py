@@ -84,6 +84,9 @@ def fix_config(model: nn.Module) -> None:
     config = getattr(model, "config", None)
     if config is None:
         return
+    from .io import warn_on_plain_save
+
+    warn_on_plain_save()  # a non-uniform result must not be saved with plain save_pretrained silently
     if ORIGINAL not in model.__dict__:  # restored with the model's __dict__ if a step is undone
         model.__dict__[ORIGINAL] = {k: getattr(config, k) for k in CONFIG_FIELDS if hasattr(config, k)}
         model.__dict__[FULL_ORIGINAL] = copy.deepcopy(config)
@@ -120,6 +123,7 @@ def fix_config(model: nn.Module) -> None:
             field = next((f for f in MLP_WIDTH_FIELDS if hasattr(config, f)), None)
             if field is not None:
                 updates[field] = width
+    problems.extend(_added_parameters(model))
     if problems:
         for key, value in model.__dict__[ORIGINAL].items():
             if key != "pruning_core":
@@ -129,6 +133,17 @@ def fix_config(model: nn.Module) -> None:
     for key, value in updates.items():
         setattr(config, key, value)
     config.pruning_core = {"uniform": True}
+
+
+def _added_parameters(model: nn.Module) -> List[str]:
+    """Parameters pruning added (biases from compensation): a config cannot declare them per layer."""
+    from pruning_core.graph.record import added_tensors
+
+    added = [f"{name}.{tensor}" for name, module in model.named_modules() for tensor in added_tensors(module)]
+    if not added:
+        return []
+    more = f" and {len(added) - 3} more" if len(added) > 3 else ""
+    return [f"compensation added parameters the config cannot declare ({', '.join(added[:3])}{more})"]
 
 
 def _separate_head_dim(blocks: List[nn.Module]) -> bool:
@@ -215,6 +230,9 @@ def saved_state(model: nn.Module) -> Optional[Dict[str, Any]]:
 
 
 def restore_state(model: nn.Module, state: Dict[str, Any]) -> None:
+    from .io import warn_on_plain_save
+
+    warn_on_plain_save()
     config = model.config
     for key, value in state.items():
         if key in CONFIG_FIELDS:

@@ -40,6 +40,12 @@ class Conv1DPruner(BasePruningFunc):
             return param_list((layer.weight, 1), (layer.bias, 0))
         return param_list((layer.weight, 0))
 
+    def linear_form(self, layer: nn.Module) -> Any:
+        """``y = x @ W + b`` with the weight stored ``(in, out)`` (calibration Gram and compensation)."""
+        from pruning_core.calibration import dense_form
+
+        return dense_form(layer, transposed=True)
+
     def refresh_attributes(self, layer: nn.Module) -> None:
         layer.nf = layer.weight.shape[1]
         if hasattr(layer, "nx"):

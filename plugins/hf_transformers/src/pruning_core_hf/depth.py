@@ -29,6 +29,16 @@ def layer_stack(model: nn.Module) -> nn.ModuleList:
     return best
 
 
+def block_stack_hints(model: nn.Module) -> List[Any]:
+    """The encoder or decoder layers as a ``BlockStack``, so calibration can go layer by layer."""
+    from pruning_core.records import BlockStack
+
+    try:
+        return [BlockStack(module=layer_stack(model))]
+    except ConfigurationError:
+        return []
+
+
 def _hidden(value: Any) -> Optional[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return value

@@ -16,15 +16,21 @@
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import functools
 import json
 import logging
 import os
+import warnings
 from typing import Any, Optional
 
 from torch import nn
 
 from pruning_core import SerializationError
+from pruning_core.errors import PruningWarning
+
+_OWN_SAVE = contextvars.ContextVar("pruning_core_hf_own_save", default=False)
 
 RECORD = "pruning.json"
 WEIGHTS = "pruned.safetensors"
@@ -61,6 +67,14 @@ def save_pretrained(model: nn.Module, directory: str, **kwargs: Any) -> SavedMod
     Returns the directory as a :class:`SavedModel` whose ``form`` says which was
     written; the choice is also logged on the ``pruning_core_hf`` logger.
     """
+    token = _OWN_SAVE.set(True)  # no plain-save warning for the save this function chose
+    try:
+        return _save(model, directory, **kwargs)
+    finally:
+        _OWN_SAVE.reset(token)
+
+
+def _save(model: nn.Module, directory: str, **kwargs: Any) -> SavedModel:
     from .express import express
 
     original = _original_config(model)
@@ -117,6 +131,7 @@ def from_pretrained(directory: str, model_class: Optional[Any] = None, **kwargs:
     """
     import transformers
 
+    warn_on_plain_save()
     config = transformers.AutoConfig.from_pretrained(directory)
     if model_class is None:
         names = getattr(config, "architectures", None) or []
@@ -155,4 +170,33 @@ def _load_plugin_form(directory: str, model_class: Any, config: Any, record: Any
     return model.eval()
 
 
-__all__ = ["save_pretrained", "from_pretrained", "SavedModel", "STOCK", "PLUGIN"]
+def warn_on_plain_save() -> None:
+    """Make ``PreTrainedModel.save_pretrained`` warn when layers were pruned differently.
+
+    Stock ``from_pretrained`` builds every layer from one config, so it cannot load such a
+    checkpoint; the warning names :func:`save_pretrained` instead. Installed once, on first
+    use of the plugin; models that were not pruned non-uniformly are unaffected.
+    """
+    import transformers
+
+    cls = transformers.PreTrainedModel
+    if getattr(cls.save_pretrained, "_pruning_core_warns", False):
+        return
+    original = cls.save_pretrained
+
+    @functools.wraps(original)
+    def save_pretrained(self: Any, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        info = getattr(getattr(self, "config", None), "pruning_core", None)
+        if isinstance(info, dict) and info.get("uniform") is False and not _OWN_SAVE.get():
+            warnings.warn(
+                f"{type(self).__name__}.save_pretrained: this model's layers were pruned differently "
+                f"({info.get('reason', 'non-uniform pruning')}), so stock from_pretrained cannot load the "
+                f"checkpoint. Save with pruning_core_hf.save_pretrained(model, {str(save_directory)!r}) and load "
+                "with pruning_core_hf.from_pretrained", PruningWarning, stacklevel=2)
+        return original(self, save_directory, *args, **kwargs)
+
+    save_pretrained._pruning_core_warns = True  # type: ignore[attr-defined]
+    cls.save_pretrained = save_pretrained
+
+
+__all__ = ["save_pretrained", "from_pretrained", "SavedModel", "STOCK", "PLUGIN", "warn_on_plain_save"]

@@ -26,7 +26,10 @@ def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, Structure
     from .attention import attention_layouts
     from .config import hidden_rounding, optional_api
 
-    records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model))
+    from .depth import block_stack_hints
+
+    # heads; the layer stack (sequential calibration); the hidden width rounded to the head count
+    records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model)) + block_stack_hints(model)
     _warn_unplaced(model)
     records.extend(hidden_rounding(model))
     head = optional_api(model, "get_output_embeddings")

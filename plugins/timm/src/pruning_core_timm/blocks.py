@@ -58,7 +58,19 @@ def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHi
             # fc_select's output is viewed as (paths, channels): one attention map per kernel path.
             records.append(StructureHint(module=module.fc_select, out_channel_groups=module.num_paths))
     records.extend(StructureHint(module=final, keep=True) for final in final_classifiers(model))
+    records.extend(block_stack_hints(model))
     return records
+
+
+def block_stack_hints(model: nn.Module) -> List[StructureHint]:
+    """``blocks`` (ViT, MLP-Mixer...) or else ``stages`` as a stack, for block-by-block calibration."""
+    from pruning_core.records import BlockStack
+
+    for attr in ("blocks", "stages"):
+        stack = getattr(model, attr, None)
+        if isinstance(stack, (nn.Sequential, nn.ModuleList)) and len(stack) > 1:
+            return [BlockStack(module=stack)]
+    return []
 
 
 def _original(module: nn.Module, attr: str) -> Any:
