@@ -155,6 +155,9 @@ class StructureHint(_Stamped):
     :param keep: never prune this module's output channels (a classifier or LM head).
     :param prunable_heads: whether whole heads may be removed.
     :param prunable_head_dims: whether dimensions inside each head may be removed.
+    :param round_to: keep a multiple of this many output channels of ``module``
+        (the nearest one to the asked ratio), for a width a config requires to be
+        divisible (a hidden size by the number of heads).
     """
 
     module: Any
@@ -165,10 +168,11 @@ class StructureHint(_Stamped):
     keep: bool = False
     prunable_heads: Optional[bool] = None
     prunable_head_dims: Optional[bool] = None
+    round_to: Optional[int] = None
     provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        for field in ("num_heads", "head_dim", "out_channel_groups", "in_channel_groups"):
+        for field in ("num_heads", "head_dim", "out_channel_groups", "in_channel_groups", "round_to"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise PluginError(f"StructureHint.{field} must be a positive int, got {value!r}")

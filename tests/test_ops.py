@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,6 +126,14 @@ def test_channel_slice_is_not_pruned_silently():
         DG.get_pruning_group(model.producer, tp.prune_conv_out_channels, idxs=[0])
 
 
+@pytest.mark.parametrize("cut", [8, 3])
+def test_an_empty_slice_joined_back_keeps_the_channels_prunable(cut):
+    """Phi-3's partial rotary with rotary_dim == head_dim: ``x[:, n:]`` is empty, then concatenated back."""
+    model = OpNet(Lambda(lambda x: torch.cat([x[:, :8] * 2, x[:, 8:], x[:, cut:cut]], dim=1)))
+    group = oracle_check(model, X, producer_group([1, 6]))
+    assert idxs_of(group, "consumer") == [[1, 6]]
+
+
 def test_flatten_into_linear_maps_a_channel_to_its_spatial_block():
     class Net(nn.Module):
         def __init__(self):
@@ -234,3 +244,48 @@ def test_attention_scores_couple_query_and_key_heads():
     # The model's own view(b, t, 2, 4) still says 2 heads, so it cannot run unless a plugin fixes it;
     # what matters here is that every projection lost the same head.
     assert model.k.out_features == model.v.out_features == 4
+
+
+class Experts(nn.Module):
+    """Fused experts as transformers 5 runs them: 3-D weights, tokens sorted by expert, torch._grouped_mm."""
+
+    def __init__(self):
+        super().__init__()
+        self.producer = nn.Linear(6, 12)
+        self.up = nn.Parameter(torch.randn(3, 16, 12))  # (experts, intermediate, hidden)
+        self.down = nn.Parameter(torch.randn(3, 12, 16))  # (experts, hidden, intermediate)
+        self.consumer = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = self.producer(x)
+        offs = torch.tensor([2, 4, 6], dtype=torch.int32)  # tokens 0-1 to expert 0, 2-3 to 1, 4-5 to 2
+        inner = torch.relu(torch._grouped_mm(h, self.up.transpose(1, 2), offs=offs))
+        return self.consumer(torch._grouped_mm(inner, self.down.transpose(1, 2), offs=offs))
+
+
+def test_grouped_matrix_products_of_fused_experts_prune_every_expert_alike():
+    torch.manual_seed(0)
+    model, x = Experts(), torch.randn(6, 6)
+    reference = copy.deepcopy(model)
+    pruner = tp.pruner.BasePruner(model, x, pruning_ratio=0.3, ignored_layers=[model.consumer])
+    pruner.step()
+    # The kernel needs rows of 16 bytes: float32 widths stay multiples of 4 (16 * 0.7 -> 12, 12 * 0.7 -> 8).
+    assert model.up.shape == (3, 12, 8) and model.down.shape == (3, 8, 12)
+    assert model.producer.out_features == 8 and model.consumer.in_features == 8
+    # Oracle: the pruned model computes what the original computes with the removed channels zeroed.
+    kept_hidden = [i for i in range(12) if any(torch.equal(reference.producer.weight[i], model.producer.weight[j])
+                                               for j in range(8))]
+    kept_inner = [i for i in range(16) if any(torch.equal(reference.up[:, i, kept_hidden], model.up[:, j])
+                                              for j in range(12))]
+    kept_out = [i for i in range(12) if any(torch.equal(reference.consumer.weight[:, i], model.consumer.weight[:, j])
+                                            for j in range(8))]
+    assert len(kept_hidden) == 8 and len(kept_inner) == 12 and len(kept_out) == 8
+    with torch.no_grad():
+        for i in set(range(16)) - set(kept_inner):
+            reference.up[:, i] = 0
+        for i in set(range(12)) - set(kept_hidden):
+            reference.producer.weight[i] = 0
+            reference.producer.bias[i] = 0
+        for i in set(range(12)) - set(kept_out):  # the experts' output channels are a group of their own
+            reference.down[:, i] = 0
+        torch.testing.assert_close(model(x), reference(x))

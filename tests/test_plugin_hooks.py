@@ -251,3 +251,13 @@ def test_one_registry_shape_for_lookups():
     handlers = hub.handlers()
     assert handlers.lookup(MyConv) is handlers.lookup(nn.Conv2d)  # found through the MRO, then cached
     assert handlers.lookup(nn.Module) is None
+
+
+@pytest.mark.parametrize("ratio, kept", [(0.3, 12), (0.2, 12), (0.45, 8)])
+def test_a_round_to_hint_keeps_the_nearest_multiple(hub, ratio, kept):
+    """A plugin says the first layer's width must stay a multiple of 4 (a hidden size by its heads)."""
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    hub.register(make_plugin("rounds", collect_structure_hints=lambda model: [
+        tp.StructureHint(module=model[0], round_to=4)]), "rounds")
+    tp.pruner.BasePruner(model, torch.randn(2, 6), pruning_ratio=ratio, ignored_layers=[model[2]]).step()
+    assert model[0].out_features == kept  # 16 * 0.7 = 11.2 -> 12; 16 * 0.8 = 12.8 -> 12; 16 * 0.55 = 8.8 -> 8

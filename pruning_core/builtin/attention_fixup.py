@@ -85,29 +85,42 @@ def _structure(graph: Any, name: str) -> Optional[List[int]]:
         return None
 
 
-def _split(factors: List[int]) -> Tuple[int, int]:
-    """(heads, head size) from a projection's channel factors ``[..heads.., head_size]``."""
+def _split(factors: List[int], limit: Optional[int] = None) -> Tuple[int, int]:
+    """(heads, head size) from a projection's channel factors ``[..heads.., head_size]``.
+
+    A head may itself be traced as several factors (interleaved rotary splits it
+    into pairs: ``[heads, 8, 2]``); with ``limit``, the head size before pruning,
+    the head size is the longest run of trailing factors (the first factor is
+    always heads) whose product stays within it.
+    """
     if len(factors) == 1:
         return 1, factors[0]
-    return math.prod(factors[:-1]), factors[-1]
+    k, size = len(factors) - 1, factors[-1]
+    while limit and k > 1 and size * factors[k - 1] <= limit:
+        k -= 1
+        size *= factors[k]
+    return math.prod(factors[:k]), size
 
 
 def current_heads(layout: AttentionLayout, name: str, module: Any, graph: Any,
                   out_channels: Callable[[Any], Optional[int]]) -> Optional[Tuple[int, int, int]]:
     """(heads, head size, key/value heads) of ``module`` now, or None when its projections show no heads."""
     prefix = f"{name}." if name else ""
+    limit = original_head_size(layout, module, out_channels)
     if layout.fused is None:
         query = _structure(graph, prefix + layout.query)
         key = _structure(graph, prefix + layout.key)
         if not query or not key:
             return None
-        heads, size = _split(query)
-        return heads, size, _split(key)[0]
+        heads, size = _split(query, limit)
+        return heads, size, _split(key, limit)[0]
     parts = layout.parts
     factors = _structure(graph, (prefix + layout.fused) if layout.fused else name)
     if parts > 1 and factors and len(factors) > 2 and factors[0] == parts:
-        heads, size = _split(factors[1:])
+        heads, size = _split(factors[1:], limit)
         return heads, size, heads
+    if parts > 1 and factors and len(factors) > 2 and factors[-2] == parts:  # interleaved per head: [heads, 3, size]
+        return math.prod(factors[:-2]), factors[-1], math.prod(factors[:-2])
     if parts == 1 and factors and len(factors) > 1:
         heads, size = _split(factors)
         return heads, size, heads

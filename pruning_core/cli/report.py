@@ -73,7 +73,8 @@ def render(result: Dict[str, Any]) -> str:
     if saved["format"] == "transformers":
         path = saved["path"]
         how = (f"transformers' {saved['architecture']}.from_pretrained({path!r}) loads it" if saved["stock_loadable"]
-               else f"layers differ, so load it with pruning_core_hf.from_pretrained({path!r})")
+               else f"{saved.get('reason') or 'its config cannot describe it'}, so load it with "
+                    f"pruning_core_hf.from_pretrained({path!r})")
         copied = f"; copied {', '.join(saved['copied'])}" if saved["copied"] else ""
         lines.append(f"  saved to {path} (transformers directory: {how}{copied})")
         lines.append(f"  reloaded: {status}")

@@ -51,10 +51,11 @@ def save(model: nn.Module, source: ModelSource, output: str) -> Dict[str, Any]:
         return {"path": output, "format": "pruned directory"}
     import pruning_core_hf
 
-    pruning_core_hf.save_pretrained(model, output)
+    saved = pruning_core_hf.save_pretrained(model, output)
     copied = _copy_tokenizer(source.spec[3:], output)
-    uniform = getattr(model.config, "pruning_core", {}).get("uniform", True)
-    return {"path": output, "format": "transformers", "stock_loadable": bool(uniform), "copied": copied,
+    stock = getattr(saved, "form", "stock") == "stock"  # the plugin says which form it wrote
+    return {"path": output, "format": "transformers", "stock_loadable": stock, "copied": copied,
+            "reason": getattr(saved, "reason", ""),
             "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0]}
 
 

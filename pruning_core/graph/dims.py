@@ -44,6 +44,13 @@ class DimSpace:
 
     def __init__(self) -> None:
         self.atoms: List[Atom] = []
+        # (expression, multiple): widths an operator needs to stay a multiple of (aligned kernels)
+        self.multiples: List[Tuple[Expr, int]] = []
+
+    def require_multiple(self, expr: Expr, multiple: int) -> None:
+        """Pruning must keep the channels of ``expr`` a multiple of ``multiple`` (the nearest one)."""
+        if multiple > 1 and expr.size % multiple == 0:
+            self.multiples.append((expr, multiple))
 
     # -- creation -------------------------------------------------------------
     def atom(self, size: int, flags: int = 0, note: Optional[str] = None) -> Expr:

@@ -10,7 +10,7 @@ from torch import nn
 from ..errors import ConfigurationError
 from . import handlers as hv
 from .build import TracedModel
-from .dims import OUTPUT, Atom
+from .dims import FROZEN, OUTPUT, Atom, leaves
 from .group import Group
 from .index import ChannelIndex
 from .lookup import SlotLookup
@@ -87,10 +87,12 @@ class GroupFinder:
                     yield self._make_group([(atom, torch.arange(atom.current_size))], slots[1])
         if root_module_types is not None:
             return
-        # Channels only a directly used weight produces (F.linear(x, qkv.weight)) are rooted at that weight.
+        # Channels only a directly used weight produces (F.linear(x, qkv.weight)) are rooted at that weight;
+        # in a stack of expert weights (a frozen leading experts dimension) every dimension may hold them.
         for param_slots in recorder.param_slots.values():
+            stacked = _expert_stack(param_slots)
             for slot in param_slots:
-                if slot.kind != "param" or slot.dim != 0:
+                if slot.kind != "param" or (slot.dim != 0 and not stacked):
                     continue
                 for atom in index.prunable_atoms(slot, protected):
                     if atom not in seen:
@@ -152,3 +154,12 @@ def expand_ignored(ignored: Sequence[Any], model: Optional[nn.Module]) -> List[A
         else:
             raise ConfigurationError(f"ignored_layers must hold modules or parameters, got {type(item).__name__}")
     return out
+
+
+def _expert_stack(param_slots: Sequence[Any]) -> bool:
+    """A 3-D weight whose leading dimension (experts, more than one) is frozen: ``(experts, out, in)``."""
+    if len(param_slots) != 3:
+        return False
+    first = next((slot for slot in param_slots if slot.dim == 0), None)
+    atoms = leaves(first.expr) if first is not None else []
+    return bool(atoms) and all(atom.flags & FROZEN for atom in atoms)

@@ -156,14 +156,18 @@ def _find_group_factor(expr: Any, groups: int, group_size: Optional[int]) -> Opt
     if type(expr) is not Prod:
         return None
     factors = expr.factors
-    for start in range(len(factors)):
-        product = 1
-        for stop in range(start, len(factors)):
-            product *= factors[stop].size
-            if product == groups:
-                inner = resolve(Prod(factors[stop + 1:]))
-                if group_size is None or inner.size == group_size:
-                    return resolve(Prod(factors[start:stop + 1])), inner
-            if product > groups:
-                break
+    # Exactly heads x group_size first; then a head holding several parts of that size (q, k and v
+    # interleaved per head, ``[heads, 3, head_dim]``, as BLOOM and GPT-NeoX lay out their fused projection).
+    for whole_multiple in (False, True):
+        for start in range(len(factors)):
+            product = 1
+            for stop in range(start, len(factors)):
+                product *= factors[stop].size
+                if product == groups:
+                    inner = resolve(Prod(factors[stop + 1:]))
+                    if group_size is None or inner.size == group_size or \
+                            (whole_multiple and inner.size % group_size == 0):
+                        return resolve(Prod(factors[start:stop + 1])), inner
+                if product > groups:
+                    break
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -11,6 +12,7 @@ from .._gc import without_gc
 from ..errors import ConfigurationError, PruneFailedError, PruningError, warn
 from ..graph.depgraph import DependencyGraph
 from ..calibration.runner import Calibrator
+from ..graph.dims import leaves
 from ..graph.group import Group
 from ..graph.grouping import expand_ignored
 from ..graph.validate import bisect_failures
@@ -88,12 +90,13 @@ class BasePruner:
     # -- set-up --------------------------------------------------------------------
     def _apply_structure(self) -> None:
         """User structure arguments first, then what plugins know (heads, output heads to keep)."""
-        apply_structure(self.DG, self.options, self.model, self.ignored_layers)
+        self._rounding = apply_structure(self.DG, self.options, self.model, self.ignored_layers)
 
     def _plan_groups(self) -> List[PlannedGroup]:
         options = self.options
         expand_ignored(self.ignored_layers, self.model)  # validates: raises on foreign modules
         planned: List[PlannedGroup] = []
+        rounding = self._hinted_rounding()
         # Groups are verified after each step (see step()), on the real result, not by trial copies here.
         for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers,
                                             root_module_types=options.root_module_types, validate=False):
@@ -111,13 +114,27 @@ class BasePruner:
                     scope = ("local", len(planned))
             root_size = self.DG.index.size(group.root_slot)
             planned.append(PlannedGroup(atom, group.root_slot, atom.current_size, ratio, scope, is_head,
-                                        max(1, root_size // max(1, atom.current_size))))
+                                        max(1, root_size // max(1, atom.current_size)),
+                                        rounding.get(id(atom), 1)))
         if options.global_pruning and options.isomorphic:
             signatures: Dict[Any, int] = {}
             for group in planned:
                 if group.scope[0] == "global":
                     group.scope = ("global", signatures.setdefault(self._signature(group), len(signatures)))
         return planned
+
+    def _hinted_rounding(self) -> Dict[int, int]:
+        """Atom id -> keep a multiple of this many channels, from plugins' ``round_to`` hints."""
+        steps: Dict[int, int] = {}
+        for module, step in getattr(self, "_rounding", {}).items():
+            atoms = leaves(self.DG.slots.channel_slot(module, "out").expr)
+            if len(atoms) == 1:  # a width of one kind of channel (not heads x head size)
+                steps[id(atoms[0])] = step
+        # Operators that need aligned widths (grouped matrix products of fused experts).
+        for expr, multiple in self.DG.traced.recorder.space.multiples:
+            for atom in leaves(expr):
+                steps[id(atom)] = steps.get(id(atom), 1) * multiple // math.gcd(steps.get(id(atom), 1), multiple)
+        return steps
 
     def _signature(self, planned: PlannedGroup) -> Any:
         """Groups with the same members (layer types and sizes) are isomorphic."""

@@ -27,6 +27,7 @@ class PlannedGroup:
     scope: Hashable
     is_head: bool
     positions_per_channel: int
+    round_to: int = 1  # a plugin's hint: keep a multiple of this many channels (the nearest one)
 
     @property
     def current(self) -> int:
@@ -66,6 +67,8 @@ def keep_count(group: PlannedGroup, target_ratio: float, options: PruningOptions
     keep = math.floor(group.initial * (1.0 - target_ratio) + 0.5)
     clamped = keep < 1
     keep = max(keep, group.min_keep(options))
+    if group.round_to > 1 and group.initial % group.round_to == 0:
+        keep = max(group.round_to, group.round_to * math.floor(keep / group.round_to + 0.5))
     step = group.rounding(options)
     if step > 1:
         keep = min(group.initial, step * math.ceil(keep / step))

@@ -16,18 +16,23 @@ def _name(DG: DependencyGraph, module: nn.Module) -> str:
     return DG.name_of(module) or type(module).__name__
 
 
-def apply_structure(DG: DependencyGraph, options: PruningOptions, model: nn.Module, ignored_layers: List[Any]) -> None:
+def apply_structure(DG: DependencyGraph, options: PruningOptions, model: nn.Module, ignored_layers: List[Any]
+                    ) -> Dict[nn.Module, int]:
     """Declare heads and equal channel groups on ``DG``; modules plugins say to keep join ``ignored_layers``.
 
     User arguments take precedence over plugin hints; a user's declaration that does not fit raises
-    :class:`ConfigurationError`, a plugin's hint that does not fit is not used.
+    :class:`ConfigurationError`, a plugin's hint that does not fit is not used. Returns the plugins'
+    ``round_to`` hints: module -> keep a multiple of this many of its output channels.
     """
     heads = dict(options.num_heads)
     head_flags: Dict[int, Any] = {}
     hinted_groups: List[Tuple[Any, int, str]] = []
+    rounding: Dict[nn.Module, int] = {}
     for hint in _plugins.get_hub().structure_hints(model):
         if hint.keep and hint.module is not None:
             ignored_layers.append(hint.module)
+        if hint.round_to and hint.round_to > 1 and DG.has_channels(hint.module):
+            rounding[hint.module] = hint.round_to
         for side, count, table in (("out", hint.out_channel_groups, options.out_channel_groups),
                                    ("in", hint.in_channel_groups, options.in_channel_groups)):
             if count and hint.module not in table and DG.has_channels(hint.module, side):
@@ -61,3 +66,4 @@ def apply_structure(DG: DependencyGraph, options: PruningOptions, model: nn.Modu
                     f"{_name(DG, module)}")
     for module, count, side in hinted_groups:  # a plugin's hint that does not fit is simply not used
         DG.set_channel_structure(module, count, side, prunable_groups=False, prunable_within=True)
+    return rounding

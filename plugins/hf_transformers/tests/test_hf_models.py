@@ -233,3 +233,79 @@ def test_real_minilm_embeddings_stay_close_after_pruning():
         assert table[criterion][0.1] > table[criterion][0.5]  # more pruning, further from the dense model
     assert table["taylor"][0.1] > 0.9 and table["l2"][0.1] > 0.85
     assert table["taylor"][0.5] > table["random"][0.5]  # a data-driven criterion beats chance
+
+
+def test_an_undone_step_leaves_the_config_as_it_was():
+    """The step's transaction covers the config the plugin's after_step edits, not only the modules."""
+    import types
+
+    from pruning_core import _plugins
+
+    model, inputs, _ = build("llama")
+    before = model.config.to_dict()
+
+    seen = []
+
+    def refuse(model, graph):
+        seen.append(model.config.num_attention_heads)
+        raise RuntimeError("refused after the hf plugin updated the config")
+
+    plugin = types.ModuleType("refuses_late")
+    plugin.after_step = tp.hookimpl(trylast=True)(refuse)  # runs after the hf plugin's after_step
+    hub = _plugins.get_hub()
+    hub.register(plugin, "refuses_late")
+    try:
+        with pytest.raises(tp.PruneFailedError, match="refused"):
+            tp.pruner.BasePruner(model.eval(), inputs, pruning_ratio=0.5, prune_num_heads=True,
+                                 head_pruning_ratio=0.5).step()
+    finally:
+        hub.unregister("refuses_late")
+    assert seen == [4]  # the config was edited (8 heads -> 4) when the step was refused
+    assert model.config.to_dict() == before
+    assert model.model.layers[0].self_attn.q_proj.out_features == 64
+
+
+def test_save_reports_the_form_it_wrote_and_both_load(tmp_path):
+    """Stock where the config describes the pruned model; the plugin's form (and why) where it cannot."""
+    model, inputs, _ = build("llama")
+    tp.pruner.BasePruner(model.eval(), inputs, pruning_ratio=0.3).step()
+    assert model.config.hidden_size % model.config.num_attention_heads == 0  # rounded to the head count
+    saved = pruning_core_hf.save_pretrained(model, str(tmp_path / "stock"))
+    assert (saved.form, saved.reason, saved) == ("stock", "", str(tmp_path / "stock"))
+    torch.testing.assert_close(stock_reload(tmp_path / "stock", "AutoModelForCausalLM", inputs),
+                               logits(model, inputs), atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    gemma = T.GemmaForCausalLM(T.GemmaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, head_dim=16,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    tp.pruner.BasePruner(gemma.eval(), inputs, pruning_ratio=0.3).step()
+    saved = pruning_core_hf.save_pretrained(gemma, str(tmp_path / "gemma"))
+    # The embedding scale is sqrt(hidden_size) computed from the config: a stock reload would change logits.
+    assert saved.form == "pruning_core_hf" and "scalar_embed_scale" in saved.reason
+    loaded = pruning_core_hf.from_pretrained(str(tmp_path / "gemma"))
+    torch.testing.assert_close(logits(loaded, inputs), logits(gemma, inputs), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["t5", "qwen2_moe"])
+def test_save_solves_config_fields_the_plugin_never_names(family, tmp_path):
+    """T5's d_ff and Qwen2-MoE's shared_expert_intermediate_size are found from what they size."""
+    torch.manual_seed(0)
+    if family == "t5":
+        model = T.T5ForConditionalGeneration(T.T5Config(vocab_size=64, d_model=64, d_ff=128, d_kv=16, num_layers=2,
+                                                        num_heads=4, decoder_start_token_id=0))
+        inputs = {"input_ids": TEXT["input_ids"], "decoder_input_ids": torch.tensor([[0, 9, 14]])}
+        field, width = "d_ff", lambda m: m.encoder.block[0].layer[1].DenseReluDense.wi.out_features
+    else:
+        model = T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(
+            vocab_size=64, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_experts=4,
+            num_experts_per_tok=2, shared_expert_intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2))
+        inputs = TEXT
+        field = "shared_expert_intermediate_size"
+        width = lambda m: m.model.layers[0].mlp.shared_expert.up_proj.out_features  # noqa: E731
+    tp.pruner.BasePruner(model.eval(), inputs, pruning_ratio=0.3).step()
+    saved = pruning_core_hf.save_pretrained(model, str(tmp_path))
+    assert saved.form == "stock", saved.reason
+    written = json.loads((tmp_path / "config.json").read_text())[field]
+    assert written == width(model) < (128 if family == "t5" else 64)
+    expected = logits(model, inputs)
+    torch.testing.assert_close(stock_reload(tmp_path, type(model).__name__, inputs), expected, atol=1e-5, rtol=1e-5)

@@ -127,11 +127,14 @@ def slice_(call: OpCall) -> None:
     if start == 0 and end == n and step == 1:
         call.set(out, dims)
         return
+    if end == start:  # an empty slice (``x[..., n:]``) holds no channel of the source
+        call.set(out, dims[:dim] + [Cat(())] + dims[dim + 1:])
+        return
     space = call.space
     first_new = len(space.atoms)
     try:
         pieces = space.cut(dims[dim], [start, end])
-        middle = pieces[1] if start > 0 else pieces[0]
+        middle = pieces[1] if start > 0 else pieces[0]  # cut at 0 < start < end <= n: start opens a piece
         if step > 1:
             length = end - start
             if length % step:

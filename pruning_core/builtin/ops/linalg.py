@@ -49,6 +49,36 @@ def bmm(call: OpCall) -> None:
     call.set(call.outputs[0], dims)
 
 
+def grouped_mm(call: OpCall) -> None:
+    """``torch._grouped_mm``: mixture-of-experts layers run every expert's matrix on its tokens at once.
+
+    ``(tokens, K) x (experts, K, N) -> (tokens, N)`` (tokens grouped by expert through ``offs``) and
+    the batched ``(experts, M, K) x (experts, K, N)``: the contracted K and the output N are channels
+    shared by every expert, so experts keep equal widths; the experts dimension is never pruned here
+    (the router decides which expert a token goes to).
+    """
+    a, b = call.arg("self"), call.arg("mat2")
+    da, db = call.dims(a), call.dims(b)
+    out = call.outputs[0]
+    if b.ndim == 3 and a.ndim in (2, 3):
+        call.unify(da[-1], db[1])
+        call.freeze(db[0], "experts of a grouped matrix product")
+        aligned = max(1, 16 // b.element_size())  # the kernel needs rows of a multiple of 16 bytes
+        call.space.require_multiple(db[1], aligned)
+        call.space.require_multiple(db[2], aligned)
+        if a.ndim == 3:
+            call.unify(da[0], db[0])
+        dims = da[:-1] + [db[2]]
+    else:  # grouped along the contracted dimension: the groups are sizes written in code
+        for expr in da + db:
+            call.freeze(expr, "a grouped matrix product over the contracted dimension")
+        dims = [call.space.frozen(size, "output of a grouped matrix product") for size in out.shape]
+    bias = call.arg("bias")
+    if isinstance(bias, torch.Tensor) and bias.ndim >= 1 and bias.shape[-1] == out.shape[-1] and b.ndim == 3:
+        call.unify(dims[-1], call.dims(bias)[-1])
+    call.set(out, dims)
+
+
 def linear(call: OpCall) -> None:
     x, w, b = call.arg("input"), call.arg("weight"), call.arg("bias")
     dx, dw = call.dims(x), call.dims(w)
@@ -156,6 +186,7 @@ def register_op_rules():
         "aten::bmm": bmm,
         "aten::baddbmm": bmm,
         "aten::linear": linear,
+        "aten::_grouped_mm": grouped_mm,
         "aten::matmul": matmul,
         "aten::mv": mv,
         "aten::addmv": mv,

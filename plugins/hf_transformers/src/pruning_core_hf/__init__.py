@@ -6,8 +6,9 @@ pruning by block influence.
 """
 
 from .depth import block_influence, layer_stack, prune_layers, remove_layers
-from .io import from_pretrained, save_pretrained
+from .io import SavedModel, from_pretrained, save_pretrained
 
 __version__ = "0.1.0"
 
-__all__ = ["save_pretrained", "from_pretrained", "prune_layers", "remove_layers", "block_influence", "layer_stack"]
+__all__ = ["save_pretrained", "SavedModel", "from_pretrained", "prune_layers", "remove_layers", "block_influence",
+           "layer_stack"]

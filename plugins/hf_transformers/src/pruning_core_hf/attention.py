@@ -1,48 +1,118 @@
-"""Attention blocks of transformers models, declared as :class:`pruning_core.AttentionLayout` records.
+"""Attention blocks of transformers models, found by their structure and declared as :class:`AttentionLayout`.
 
-Blocks are recognised by shape, not by class: a module with ``q_proj``/``k_proj``
-(or ``query``/``key``) projections and a head size, or a fused ``c_attn``
-(GPT-2). This covers LLaMA, Mistral, Qwen2/3, BERT, RoBERTa, ViT and Swin. The
-plugin only says where heads and their attributes are; pruning_core derives
-each projection's heads and updates ``num_heads``, ``head_dim``,
-``num_key_value_groups``, ``all_head_size``, ``split_size`` and ``scaling``.
+No class or child names are listed. A module is an attention block when it
+holds a head count or a head size (the attribute names below are the naming
+conventions transformers uses, the plugin's config-name table) and its direct
+linear children include either
+
+* three projections (query, key, value: the first three children, in order of
+  registration, that read the same input and whose widths are whole heads,
+  key and value alike), or
+* one fused projection whose width is three equal parts of whole heads (q, k
+  and v side by side as in GPT-2, or interleaved per head as in BLOOM and
+  GPT-NeoX).
+
+The plugin only says where heads and their attributes are; pruning_core derives
+each projection's heads from the traced reshape and updates the attributes.
+Blocks that hold heads but whose projections cannot be placed (a fused
+projection with fewer key/value heads, low-rank projections) are reported by
+:func:`unplaced`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
 from pruning_core import AttentionLayout
+from pruning_core.graph.record import original_attr, original_shape
 
-PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
-HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size")
-HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads")
-# Attributes holding heads x head size: BERT's all_head_size, GPT-2's split_size and embed_dim.
-WIDTH_ATTRS = ("all_head_size", "split_size", "embed_dim")
+# Config-name table: attribute names transformers uses for a block's head size, head count and widths.
+HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "head_size", "key_value_proj_dim", "dim_per_head")
+HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+KV_HEAD_ATTRS = ("num_key_value_heads", "num_kv_heads")
+# Attributes holding heads x head size: BERT's all_head_size, T5's inner_dim, GPT-2's split_size and embed_dim.
+WIDTH_ATTRS = ("all_head_size", "inner_dim", "split_size", "embed_dim")
+SCALE_ATTRS = ("scaling", "scale", "inv_norm_factor")
+PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))  # kept for callers of 0.1
 
 
-def head_size(module: nn.Module) -> Optional[int]:
-    for attr in HEAD_SIZE_ATTRS:
-        value = getattr(module, attr, None)
-        if isinstance(value, int) and value > 0:
+def _int(module: nn.Module, names: Tuple[str, ...], before: bool = False) -> Optional[int]:
+    for attr in names:
+        value = original_attr(module, attr, None) if before else vars(module).get(attr)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
 
 
-def projections(module: nn.Module) -> Optional[Dict[str, Any]]:
-    """The q/k/v projections (or the fused one) of an attention block, or None."""
-    if head_size(module) is None:
+def _width(child: nn.Module, before: bool = False) -> Optional[Tuple[int, int]]:
+    """(input, output) width of a linear child (``nn.Linear`` or GPT-2's transposed ``Conv1D``)."""
+    weight = getattr(child, "weight", None)
+    if not isinstance(weight, nn.Parameter) or weight.ndim != 2 or isinstance(child, nn.Embedding):
         return None
-    fused = getattr(module, "c_attn", None)
-    if fused is not None and hasattr(fused, "weight") and not getattr(module, "is_cross_attention", False):
-        return {"fused": fused}
-    for q_name, k_name, v_name in PROJECTIONS:
-        q, k, v = (getattr(module, n, None) for n in (q_name, k_name, v_name))
-        if all(isinstance(p, nn.Linear) for p in (q, k, v)):
-            return {"q": q, "k": k, "v": v, "names": (q_name, k_name, v_name)}
+    shape = original_shape(child, "weight") if before else list(weight.shape)
+    if isinstance(getattr(child, "nf", None), int):
+        return shape[0], shape[1]
+    return shape[1], shape[0]
+
+
+def head_size(module: nn.Module, before: bool = False) -> Optional[int]:
+    """The block's head size: an attribute, or its query width over its head count."""
+    size = _int(module, HEAD_SIZE_ATTRS, before)
+    if size is not None:
+        return size
+    heads = _int(module, HEAD_COUNT_ATTRS, before)
+    if heads is None:
+        return None
+    linear = [w for w in (_width(c, before) for c in module.children()) if w is not None]
+    for _, out in linear:
+        if out % heads == 0 and out // heads > 1:
+            return out // heads if len(linear) < 3 or out == linear[0][1] else None
     return None
+
+
+def projections(module: nn.Module) -> Optional[Dict[str, Any]]:
+    """The q/k/v projections (or the fused one) of an attention block, or None.
+
+    Checked on the current shapes and attributes, and on those before pruning:
+    in the middle of a step a projection may be pruned before its block's
+    attributes follow.
+    """
+    if _int(module, HEAD_SIZE_ATTRS + HEAD_COUNT_ATTRS) is None:
+        return None
+    return _projections(module, False) or _projections(module, True)
+
+
+def _projections(module: nn.Module, before: bool) -> Optional[Dict[str, Any]]:
+    size = head_size(module, before)
+    if size is None:
+        return None
+    linear = [(name, child, w) for name, child in module.named_children() for w in (_width(child, before),)
+              if w is not None]
+    for start in range(len(linear) - 2):
+        (qn, q, qw), (kn, k, kw), (vn, v, vw) = linear[start:start + 3]
+        if qw[0] == kw[0] == vw[0] and kw[1] == vw[1] and qw[1] % size == 0 and kw[1] % size == 0 \
+                and qw[1] >= kw[1]:
+            return {"q": q, "k": k, "v": v, "names": (qn, kn, vn)}
+    heads = _int(module, HEAD_COUNT_ATTRS, before)
+    widest = max((w[0] for _, _, w in linear), default=0)  # a fused projection reads the block's input
+    for name, child, (width_in, out) in linear:
+        if width_in == widest and out % (3 * size) == 0 and (heads is None or out == 3 * heads * size) and \
+                not getattr(module, "is_cross_attention", False):
+            return {"fused": child, "name": name}
+    return None
+
+
+def unplaced(model: nn.Module) -> List[str]:
+    """Modules that hold attention heads (a head count and a head size) whose projections were not placed."""
+    found = []
+    for name, module in model.named_modules():
+        sizes = [a for a, v in vars(module).items() if isinstance(v, int) and ("head_dim" in a or "head_size" in a)]
+        if _int(module, HEAD_COUNT_ATTRS + KV_HEAD_ATTRS + ("num_key_value_groups",)) and sizes and \
+                any(_width(c) is not None for c in module.children()) and projections(module) is None:
+            found.append(name)
+    return found
 
 
 def rotary(config: Any) -> bool:
@@ -56,16 +126,23 @@ def layout(module: nn.Module, prunable_head_dims: Optional[bool] = None) -> Opti
     parts = projections(module)
     if parts is None:
         return None
-    ints = [attr for attr in HEAD_COUNT_ATTRS + WIDTH_ATTRS + ("num_key_value_groups",)
-            if isinstance(getattr(module, attr, None), int)]
+    ints = [attr for attr in HEAD_COUNT_ATTRS + KV_HEAD_ATTRS + WIDTH_ATTRS + ("num_key_value_groups",)
+            if _int(module, (attr,)) is not None]
+    fused = "fused" in parts
+    # A scale follows the head size only where it is 1/sqrt(head size) (T5 does not scale: its 1.0 stays).
+    size = head_size(module, True)
+    scale = next((a for a in SCALE_ATTRS if isinstance(vars(module).get(a), float) and size and
+                  abs(original_attr(module, a) * size ** 0.5 - 1) < 1e-6), None)
     names = {"num_heads": tuple(a for a in HEAD_COUNT_ATTRS if a in ints),
-             "head_dim": tuple(a for a in HEAD_SIZE_ATTRS if hasattr(module, a)),
+             "num_key_value_heads": tuple(a for a in KV_HEAD_ATTRS if a in ints and not fused),
+             "head_dim": tuple(a for a in HEAD_SIZE_ATTRS if _int(module, (a,)) is not None),
              "kv_groups": tuple(a for a in ("num_key_value_groups",) if a in ints),
-             # all_head_size where it exists; GPT-2's split_size and embed_dim with its fused c_attn
-             "width": tuple(a for a in WIDTH_ATTRS if a in ints and (a == "all_head_size" or "fused" in parts)),
-             "scale": "scaling" if isinstance(getattr(module, "scaling", None), float) else None}
-    if "fused" in parts:  # GPT-2: q, k and v side by side in c_attn's output
-        return AttentionLayout(module, fused="c_attn", parts=3, prunable_head_dims=prunable_head_dims, **names)
+             # all_head_size / inner_dim where they exist; GPT-2's split_size and embed_dim with its fused c_attn
+             "width": tuple(a for a in WIDTH_ATTRS if a in ints and (a in ("all_head_size", "inner_dim") or fused)),
+             "scale": scale}
+    if fused:
+        return AttentionLayout(module, fused=parts["name"], parts=3, prunable_head_dims=prunable_head_dims,
+                               **names)
     query, key, value = parts["names"]
     return AttentionLayout(module, query=query, key=key, value=value, prunable_head_dims=prunable_head_dims,
                            **names)

@@ -10,28 +10,30 @@ the original architecture and ``config.pruning_core`` says so; save with
 
 from __future__ import annotations
 
+import copy
+from collections import Counter
 from typing import Any, Dict, List, Optional
 
 from torch import nn
 
-from .attention import PROJECTIONS, head_size, projections
+from .attention import HEAD_COUNT_ATTRS, HEAD_SIZE_ATTRS, _width, head_size, projections
+
+_HEAD_ATTRS = frozenset(HEAD_COUNT_ATTRS + HEAD_SIZE_ATTRS)
 
 # Config fields this plugin may change; saved with pruned models so loading restores them.
 CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
                  "n_embd", "n_inner", "n_head", "embed_dim", "num_heads", "mlp_ratio", "num_hidden_layers",
                  "n_layer", "layer_types", "pruning_core")
 
+# Config-name table: the field that holds the MLP width (GPT-2's n_inner has no intermediate_size alias).
+MLP_WIDTH_FIELDS = ("n_inner", "intermediate_size")
 MLP_INPUTS = (("gate_proj", "out_features"), ("up_proj", "out_features"), ("fc1", "out_features"),
               ("c_fc", "nf"), ("dense", "out_features"))
 
 
-_PROJECTION_CHILDREN = frozenset(["c_attn"] + [names[0] for names in PROJECTIONS])
-
-
 def _attention_blocks(model: nn.Module) -> List[nn.Module]:
-    # Only modules with a projection child can be attention: skip the slow attribute probes on the rest.
-    return [m for m in model.modules() if not _PROJECTION_CHILDREN.isdisjoint(m._modules)
-            and projections(m) is not None]
+    # Only modules holding a head count or size can be attention: skip the slower probes on the rest.
+    return [m for m in model.modules() if not _HEAD_ATTRS.isdisjoint(vars(m)) and projections(m) is not None]
 
 
 def _mlp_widths(model: nn.Module) -> List[int]:
@@ -50,11 +52,11 @@ def _mlp_widths(model: nn.Module) -> List[int]:
 def _heads(block: nn.Module) -> Dict[str, int]:
     """Heads, key/value heads and head size of an attention block, read off its projections."""
     parts = projections(block)
-    size = head_size(block)
+    size = head_size(block) or head_size(block, True)
     if "fused" in parts:
-        heads = parts["fused"].weight.shape[1] // 3 // size
+        heads = _width(parts["fused"])[1] // 3 // size
         return {"heads": heads, "size": size, "kv_heads": heads}
-    return {"heads": parts["q"].out_features // size, "size": size, "kv_heads": parts["k"].out_features // size}
+    return {"heads": _width(parts["q"])[1] // size, "size": size, "kv_heads": _width(parts["k"])[1] // size}
 
 
 def _uniform(values: List[Any]) -> Optional[Any]:
@@ -62,6 +64,19 @@ def _uniform(values: List[Any]) -> Optional[Any]:
 
 
 ORIGINAL = "_pruning_core_config_original"
+FULL_ORIGINAL = "_pruning_core_config_before"  # a copy of the whole config before the first step
+
+
+def optional_api(model: nn.Module, name: str) -> Any:
+    """``model.<name>()`` where the model implements it, else None: transformers' base methods may raise
+    ``NotImplementedError`` (``get_input_embeddings`` on vision CNNs), and a fix-up must not fail for that."""
+    method = getattr(model, name, None)
+    if not callable(method):
+        return None
+    try:
+        return method()
+    except (NotImplementedError, AttributeError):
+        return None
 
 
 def fix_config(model: nn.Module) -> None:
@@ -74,11 +89,11 @@ def fix_config(model: nn.Module) -> None:
     warn_on_plain_save()  # a non-uniform result must not be saved with plain save_pretrained silently
     if ORIGINAL not in model.__dict__:  # restored with the model's __dict__ if a step is undone
         model.__dict__[ORIGINAL] = {k: getattr(config, k) for k in CONFIG_FIELDS if hasattr(config, k)}
+        model.__dict__[FULL_ORIGINAL] = copy.deepcopy(config)
     problems: List[str] = []
     updates: Dict[str, Any] = {}
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    hidden = getattr(embeddings, "embedding_dim", None)
-    if getattr(config, "model_type", "") == "swin":
+    hidden = _residual_width(model)
+    if _staged(config):
         _swin(model, config, updates, problems)
     else:
         attention = _attention_blocks(model)  # scanned once per call: this runs after every pruning step
@@ -93,8 +108,6 @@ def fix_config(model: nn.Module) -> None:
         width = _uniform(widths)
         if widths and width is None:
             problems.append("MLP widths differ between layers")
-        if hidden is None and hasattr(config, "hidden_size"):
-            hidden = _vision_hidden(model)
         if hidden is not None:
             updates["hidden_size"] = hidden
         if heads is not None:
@@ -107,10 +120,9 @@ def fix_config(model: nn.Module) -> None:
                 problems.append(f"{type(config).__name__} ties the attention width to hidden_size, but heads x "
                                 f"head size = {heads * size} and hidden_size = {hidden}")
         if width is not None:
-            if getattr(config, "model_type", "") == "gpt2":
-                updates["n_inner"] = width
-            elif hasattr(config, "intermediate_size"):
-                updates["intermediate_size"] = width
+            field = next((f for f in MLP_WIDTH_FIELDS if hasattr(config, f)), None)
+            if field is not None:
+                updates[field] = width
     problems.extend(_added_parameters(model))
     if problems:
         for key, value in model.__dict__[ORIGINAL].items():
@@ -139,17 +151,52 @@ def _separate_head_dim(blocks: List[nn.Module]) -> bool:
     return bool(blocks) and all(hasattr(b, "num_key_value_groups") for b in blocks)
 
 
-def _vision_hidden(model: nn.Module) -> Optional[int]:
-    for _, module in model.named_modules():
-        projection = getattr(module, "projection", None)
-        if isinstance(projection, nn.Conv2d):
-            return projection.out_channels
-    return None
+def hidden_rounding(model: nn.Module) -> List[Any]:
+    """Keep every width the config calls ``hidden_size`` a multiple of the head count (transformers 5
+    validates ``hidden_size % num_attention_heads``): a hint on each layer producing that width (the
+    embeddings or their projection, and layers such as a pooler that the config sizes the same)."""
+    from pruning_core import StructureHint
+
+    config = model.config
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if not (isinstance(hidden, int) and isinstance(heads, int) and heads > 1 and hidden % heads == 0):
+        return []
+    hints = []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or weight.ndim < 2:
+            continue
+        width = getattr(module, "embedding_dim", None) or getattr(module, "nf", None) or weight.shape[0]
+        if width == hidden:
+            hints.append(StructureHint(module=module, round_to=heads))
+    return hints
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """A normalisation layer: a leaf with a 1-D weight and an epsilon (LayerNorm, RMSNorm variants)."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, nn.Parameter) and weight.ndim == 1 and not module._modules and \
+        any(isinstance(vars(module).get(a), float) for a in ("eps", "variance_epsilon", "epsilon"))
+
+
+def _residual_width(model: nn.Module) -> Optional[int]:
+    """The width of the residual stream: the most common size of the normalisation layers, else the input
+    embeddings' width (ALBERT and ELECTRA embed narrower than their hidden size)."""
+    sizes = Counter(m.weight.shape[0] for m in model.modules() if _is_norm(m))
+    if sizes:
+        return sizes.most_common(1)[0][0]
+    return getattr(optional_api(model, "get_input_embeddings"), "embedding_dim", None)
+
+
+def _staged(config: Any) -> bool:
+    """A hierarchical vision config (Swin): per-stage head counts, a first-stage width and an MLP ratio."""
+    return isinstance(getattr(config, "num_heads", None), list) and isinstance(getattr(config, "embed_dim", None),
+                                                                              int) and hasattr(config, "mlp_ratio")
 
 
 def _swin(model: nn.Module, config: Any, updates: Dict[str, Any], problems: List[str]) -> None:
     """Swin: stage widths are embed_dim * 2**i, MLPs are mlp_ratio times wider, heads per stage."""
-    stages = [m for n, m in model.named_modules() if type(m).__name__ == "SwinStage"]
+    stages = [m for m in model.modules() if isinstance(getattr(m, "blocks", None), nn.ModuleList)]
     dims, heads, ratios = [], [], []
     for stage in stages:
         blocks = [m for m in stage.modules() if projections(m) is not None]
@@ -189,4 +236,7 @@ def restore_state(model: nn.Module, state: Dict[str, Any]) -> None:
     config = model.config
     for key, value in state.items():
         if key in CONFIG_FIELDS:
-            setattr(config, key, value)
+            try:
+                setattr(config, key, value)
+            except AttributeError:  # a derived field (Falcon's head_dim is a read-only property)
+                pass

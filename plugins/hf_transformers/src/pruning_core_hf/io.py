@@ -1,19 +1,26 @@
-"""Saving and loading pruned transformers models, uniform or not.
+"""Saving and loading pruned transformers models: a directory that always loads, and says how.
 
-* Uniform pruning (same shape in every layer): the config describes the pruned
-  model, so ``model.save_pretrained(d)`` and stock ``AutoModel...from_pretrained(d)``
-  work; :func:`save_pretrained` does that too.
-* Non-uniform pruning (global pruning): stock transformers cannot build per-layer
-  shapes from a config. :func:`save_pretrained` then also writes ``pruning.json``
-  (the per-module shapes and attributes, see pruning_core's serialization) and
-  :func:`from_pretrained` rebuilds the model from the original config plus that record.
+:func:`save_pretrained` writes one of two forms and returns which:
+
+* ``"stock"``: the config describes the pruned model exactly (checked by
+  building the model it describes on the meta device and comparing every
+  tensor shape and every scalar attribute), so stock
+  ``AutoModel...from_pretrained(directory)`` rebuilds it with the same outputs.
+* ``"pruning_core_hf"``: the family's config cannot express the pruned shapes
+  (layers pruned differently, a hidden size the attention code derives a head
+  size from, an embedding scale recomputed from the hidden size, ...). The
+  directory holds the config before pruning, the weights in
+  ``pruned.safetensors`` (the model's own tensor names) and ``pruning.json``
+  (the per-module shapes and attributes); :func:`from_pretrained` loads it.
 """
 
 from __future__ import annotations
 
 import contextvars
+import copy
 import functools
 import json
+import logging
 import os
 import warnings
 from typing import Any, Optional
@@ -26,34 +33,103 @@ from pruning_core.errors import PruningWarning
 _OWN_SAVE = contextvars.ContextVar("pruning_core_hf_own_save", default=False)
 
 RECORD = "pruning.json"
+WEIGHTS = "pruned.safetensors"
+STOCK, PLUGIN = "stock", "pruning_core_hf"
+logger = logging.getLogger("pruning_core_hf")
 
 
-def save_pretrained(model: nn.Module, directory: str, **kwargs: Any) -> str:
-    """``model.save_pretrained(directory)``, plus the pruning record when layers differ."""
-    from pruning_core.serialization import structure_of
+class SavedModel(str):
+    """The directory written by :func:`save_pretrained` (a ``str``), with ``form`` and ``reason``.
 
-    config = model.config
-    uniform = getattr(config, "pruning_core", {}).get("uniform", True)
-    token = _OWN_SAVE.set(True)
+    ``form`` is ``"stock"`` (loads with stock transformers) or ``"pruning_core_hf"``
+    (load with :func:`pruning_core_hf.from_pretrained`); ``reason`` says why the
+    config could not describe the pruned model (empty for the stock form).
+    """
+
+    form: str
+    reason: str
+
+    def __new__(cls, directory: str, form: str, reason: str = "") -> "SavedModel":
+        saved = super().__new__(cls, directory)
+        saved.form, saved.reason = form, reason
+        return saved
+
+
+def _original_config(model: nn.Module) -> Any:
+    from .config import FULL_ORIGINAL
+
+    return model.__dict__.get(FULL_ORIGINAL)
+
+
+def save_pretrained(model: nn.Module, directory: str, **kwargs: Any) -> SavedModel:
+    """Save ``model`` in the stock form when its config can describe it, else in the plugin's form.
+
+    Returns the directory as a :class:`SavedModel` whose ``form`` says which was
+    written; the choice is also logged on the ``pruning_core_hf`` logger.
+    """
+    token = _OWN_SAVE.set(True)  # no plain-save warning for the save this function chose
     try:
-        model.save_pretrained(directory, **kwargs)
+        return _save(model, directory, **kwargs)
     finally:
         _OWN_SAVE.reset(token)
-    if not uniform:
-        with open(os.path.join(directory, RECORD), "w") as handle:
-            json.dump({"format": "pruning_core.hf/1", "structure": structure_of(model)}, handle, indent=1)
-    return directory
+
+
+def _save(model: nn.Module, directory: str, **kwargs: Any) -> SavedModel:
+    from .express import express
+
+    original = _original_config(model)
+    if original is None:  # never pruned: nothing to check
+        model.save_pretrained(directory, **kwargs)
+        return SavedModel(directory, STOCK)
+    candidate, reason = express(model, model.config, original)
+    if candidate is not None:
+        kept = model.config
+        candidate.pruning_core = {"uniform": True}
+        try:
+            model.config = candidate
+            model.save_pretrained(directory, **kwargs)
+            for key, value in vars(candidate).items():  # the model's config now says what was saved
+                if not key.startswith("_") and getattr(kept, key, None) != value:
+                    setattr(kept, key, value)
+            logger.info("%s: saved in the stock form (loads with transformers' from_pretrained)", directory)
+            return SavedModel(directory, STOCK)
+        except Exception as exc:  # transformers' validation at save time
+            reason = f"transformers refuses to save the config ({type(exc).__name__}: {str(exc)[:200]})"
+        finally:
+            model.config = kept
+    _save_plugin_form(model, original, directory, reason)
+    logger.warning("%s: saved in the pruning_core_hf form, load it with pruning_core_hf.from_pretrained; stock "
+                   "transformers cannot rebuild it because %s", directory, reason)
+    return SavedModel(directory, PLUGIN, reason)
+
+
+def _save_plugin_form(model: nn.Module, original: Any, directory: str, reason: str) -> None:
+    from safetensors.torch import save_model
+
+    from pruning_core.serialization import encode, structure_of
+
+    from .config import saved_state
+
+    os.makedirs(directory, exist_ok=True)
+    config = copy.deepcopy(original)
+    config.architectures = [type(model).__name__]
+    config.pruning_core = {"uniform": False, "reason": reason}
+    config.save_pretrained(directory)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and callable(getattr(generation, "save_pretrained", None)):
+        generation.save_pretrained(directory)
+    save_model(model, os.path.join(directory, WEIGHTS))  # shared (tied) tensors are stored once
+    with open(os.path.join(directory, RECORD), "w") as handle:
+        json.dump({"format": "pruning_core.hf/1", "structure": structure_of(model), "weights": WEIGHTS,
+                   "config": encode(saved_state(model) or {}), "reason": reason}, handle, indent=1)
 
 
 def from_pretrained(directory: str, model_class: Optional[Any] = None, **kwargs: Any) -> nn.Module:
-    """Load a model saved by :func:`save_pretrained`, uniform or not.
+    """Load a model saved by :func:`save_pretrained`, in either form.
 
     :param model_class: the transformers class (default: from the config's ``architectures``).
     """
     import transformers
-    from safetensors.torch import load_file
-
-    from pruning_core.serialization import rebuild_structure
 
     warn_on_plain_save()
     config = transformers.AutoConfig.from_pretrained(directory)
@@ -69,18 +145,28 @@ def from_pretrained(directory: str, model_class: Optional[Any] = None, **kwargs:
         record = json.load(handle)
     if record.get("format") != "pruning_core.hf/1":
         raise SerializationError(f"{record_path} is not a pruning_core transformers record")
+    return _load_plugin_form(directory, model_class, config, record)
+
+
+def _load_plugin_form(directory: str, model_class: Any, config: Any, record: Any) -> nn.Module:
+    from safetensors.torch import load_file
+
+    from pruning_core.serialization import decode, rebuild_structure
+
+    from .config import restore_state
+
     model = model_class(config)
     rebuild_structure(model, record["structure"])
-    weights = os.path.join(directory, "model.safetensors")
-    state = load_file(weights)
+    # Files written before 0.2 hold the weights in model.safetensors under the model's own names.
+    state = load_file(os.path.join(directory, record.get("weights", "model.safetensors")))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    missing = [k for k in missing if k not in tied]
+    shared = {t.data_ptr() for k, t in model.state_dict().items() if k in state}
+    missing = [k for k in missing if model.state_dict()[k].data_ptr() not in shared]
     if missing or unexpected:
         raise SerializationError(f"{directory}: weights do not match the record (missing {missing[:3]}, "
                                  f"unexpected {unexpected[:3]})")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    if record.get("config"):
+        restore_state(model, decode(record["config"]))
     return model.eval()
 
 
@@ -111,3 +197,6 @@ def warn_on_plain_save() -> None:
 
     save_pretrained._pruning_core_warns = True  # type: ignore[attr-defined]
     cls.save_pretrained = save_pretrained
+
+
+__all__ = ["save_pretrained", "from_pretrained", "SavedModel", "STOCK", "PLUGIN", "warn_on_plain_save"]

@@ -24,15 +24,41 @@ def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, Structure
     if not _is_transformers_model(model):
         return []
     from .attention import attention_layouts
+    from .config import hidden_rounding, optional_api
 
     from .depth import block_stack_hints
 
-    # heads; the layer stack (sequential calibration)
+    # heads; the layer stack (sequential calibration); the hidden width rounded to the head count
     records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model)) + block_stack_hints(model)
-    head = getattr(model, "get_output_embeddings", lambda: None)()
+    _warn_unplaced(model)
+    records.extend(hidden_rounding(model))
+    head = optional_api(model, "get_output_embeddings")
     if head is not None:
         records.append(StructureHint(module=head, keep=True))
     return records
+
+
+def _warn_unplaced(model: Any) -> None:
+    """Say which attention blocks keep their heads because their projections could not be placed."""
+    from pruning_core.errors import warn
+
+    from .attention import unplaced
+
+    names = unplaced(model)
+    if names:
+        warn(f"{type(model).__name__}: the heads of {len(names)} attention block(s) ({', '.join(names[:3])}"
+             f"{', ...' if len(names) > 3 else ''}) cannot be placed (a fused projection with fewer key/value "
+             "heads, or low-rank projections); their heads and head sizes are kept")
+
+
+@hookimpl
+def fixup_after_prune(model: Any, modules: Dict[str, Any], graph: Any) -> None:
+    """Routers and fused experts hold raw weights: their size attributes follow the weights."""
+    if _is_transformers_model(model):
+        from .sizes import refresh_sizes
+
+        for module in modules.values():
+            refresh_sizes(module)
 
 
 @hookimpl

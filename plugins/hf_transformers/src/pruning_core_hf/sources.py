@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Callable, List, Optional
 
@@ -29,7 +30,9 @@ def resolve(spec: str) -> Optional[ModelSource]:
     # from_pretrained also loads models whose layers were pruned differently (pruning.json).
     model = from_pretrained(target, model_class=None if names else transformers.AutoModel).eval()
     inputs = _example_inputs(model, target)
-    keep = tuple(m for m in (getattr(model, "get_output_embeddings", lambda: None)(),) if m is not None)
+    from .config import optional_api
+
+    keep = tuple(m for m in (optional_api(model, "get_output_embeddings"),) if m is not None)
     return ModelSource(model, inputs, spec, keep=keep, description=f"{type(model).__name__} from {target}",
                        encode_text=_text_encoder(target))
 
@@ -53,7 +56,7 @@ def _text_encoder(directory: str) -> Optional[Callable[[List[str]], Any]]:
 
 def _example_inputs(model: Any, directory: str) -> Any:
     config = model.config
-    if getattr(config, "model_type", "") in ("vit", "swin", "deit", "beit", "convnext", "dinov2"):
+    if "pixel_values" in inspect.signature(model.forward).parameters:  # an image model
         size = getattr(config, "image_size", 224)
         return {"pixel_values": torch.randn(1, getattr(config, "num_channels", 3), size, size)}
     try:
