@@ -146,18 +146,16 @@ class StructureHint(_Stamped):
     """Structure a plugin knows about a module, so users need not pass it.
 
     :param module: the module the hint is about.
-    :param num_heads: attention heads whose channels live in ``module``'s output
-        (for a fused qkv projection, the heads of each of q, k and v).
+    :param num_heads: attention heads whose channels live in ``module``'s output (for a fused qkv
+        projection, the heads of each of q, k and v).
     :param head_dim: the size of one head, when it is not ``channels / num_heads``.
-    :param out_channel_groups: the output channels form this many equal groups
-        that must keep equal sizes.
+    :param out_channel_groups: the output channels form this many equal groups of equal sizes.
     :param in_channel_groups: the same, for input channels.
     :param keep: never prune this module's output channels (a classifier or LM head).
     :param prunable_heads: whether whole heads may be removed.
     :param prunable_head_dims: whether dimensions inside each head may be removed.
-    :param round_to: keep a multiple of this many output channels of ``module``
-        (the nearest one to the asked ratio), for a width a config requires to be
-        divisible (a hidden size by the number of heads).
+    :param round_to: keep a multiple of this many output channels of ``module`` (the nearest to the
+        asked ratio), for a width a config requires to be divisible (hidden size by heads).
     """
 
     module: Any
@@ -244,7 +242,6 @@ class StateCodec(_Stamped):
 @dataclasses.dataclass
 class ModelSource:
     """A model built from a spec, with what the command line needs to prune it.
-
     :param model: the model (random or loaded weights).
     :param example_inputs: inputs for tracing and measuring.
     :param spec: the spec that built it, saved with the pruned model so it can be rebuilt.
@@ -252,8 +249,7 @@ class ModelSource:
     :param forward_fn: how to call the model, when ``model(inputs)`` is not enough.
     :param make_batch: ``make_batch(i)`` returns calibration batch ``i`` (defaults to random inputs).
     :param description: one line shown by the command line (``"timm convnext_tiny (random weights)"``).
-    :param encode_text: for text models, ``encode_text(lines)`` turns a list of strings into one batch
-        in the form of ``example_inputs`` (so ``--calib corpus.txt`` can calibrate on real text).
+    :param encode_text: ``encode_text(lines)``: strings to one batch like ``example_inputs`` (``--calib a.txt``).
     """
 
     model: Any
