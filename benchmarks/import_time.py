@@ -13,6 +13,7 @@ in the same process (a ratio moves less than seconds on a loaded machine).
 from __future__ import annotations
 
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -20,6 +21,8 @@ import sys
 import time
 from typing import Dict, List, Sequence
 
+# The children run in the repository root, so `import pruning_core` finds this checkout's package first.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADING = "## Import time: `import pruning_core` on top of `import torch`"
 
 _CODE = """
@@ -39,7 +42,8 @@ COMMANDS = {"torch": _CODE.format(extra="pass"), "torch+pruning_core": _CODE.for
 
 def _run(code: str) -> Dict:
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            cwd=ROOT)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"import-time probe failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -94,7 +98,6 @@ def _ms(stats: Dict[str, float]) -> str:
 
 def markdown(result: Dict, command: str) -> str:
     """The import-time section of ``benchmarks/results/depgraph.md``."""
-    import os
     import platform
 
     import torch
