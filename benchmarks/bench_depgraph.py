@@ -2,7 +2,9 @@
 
 Each (library, model) pair runs in its own process, ``--repeats`` times; the
 table reports medians and the ratio pruning_core / torch-pruning (below 1 is
-faster or smaller). Run with ``make bench``.
+faster or smaller). A second section measures what ``import pruning_core`` costs on
+top of ``import torch`` (see ``import_time.py``). Run with ``make bench``;
+``--sections import`` reruns one section and keeps the other in the output file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -20,8 +23,10 @@ from typing import Dict, List
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from cases import CASES  # noqa: E402
+import import_time  # noqa: E402
 
 LIBS = ("pruning_core", "torch_pruning")
+SECTIONS = ("depgraph", "import")
 
 
 def measure(lib: str, case: str, repeats: int) -> Dict[str, float]:
@@ -43,8 +48,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", nargs="*", default=sorted(CASES))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", help="write the markdown table here")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--import-repeats", type=int, default=30, help="fresh processes per import-time command")
+    parser.add_argument("--output", help="write the markdown tables here")
     args = parser.parse_args()
+    sections = {}
+    if "depgraph" in args.sections:
+        sections["depgraph"] = depgraph_section(args)
+    if "import" in args.sections:
+        result = import_time.measure(args.import_repeats)
+        print(json.dumps(result), file=sys.stderr)
+        sections["import"] = import_time.markdown(result, shlex.join(["python", *sys.argv]))
+    if args.output and os.path.exists(args.output):
+        with open(args.output) as handle:
+            for name, text in split_sections(handle.read()).items():
+                sections.setdefault(name, text)
+    text = "\n".join(sections[name] for name in SECTIONS if name in sections)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as handle:
+            handle.write(text)
+
+
+def split_sections(text: str) -> Dict[str, str]:
+    """The sections of an existing results file, by name (the import-time one starts at its heading)."""
+    head, marker, tail = text.partition(import_time.HEADING)
+    found = {"depgraph": head.rstrip("\n") + "\n"} if head.strip() else {}
+    if marker:
+        found["import"] = marker + tail
+    return found
+
+
+def depgraph_section(args: argparse.Namespace) -> str:
+    """Measure every case with both libraries; return the markdown table."""
     rows = []
     for case in args.cases:
         ours, theirs = (measure(lib, case, args.repeats) for lib in LIBS)
@@ -81,11 +117,7 @@ def main() -> None:
             f"{ours['peak_extra_mb']:.0f} | {theirs['peak_extra_mb']:.0f} | {mem_ratio:.2f} | "
             f"{ours['params_after'] / 1e6:.2f}M / {theirs['params_after'] / 1e6:.2f}M | "
             f"{'yes' if ours['runs'] else 'no'} / {'yes' if theirs['runs'] else 'no'} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
