@@ -337,10 +337,11 @@ class PluginHub:
                 hints.append(record)
         return hints
 
-    def size_attributes(self, model: Any) -> List[Tuple[Any, str]]:
-        """``(module, attribute)`` for every size attribute the plugins declare for ``model``."""
-        return [(record.module, name) for record in self._records("collect_structure_hints", model=model)
-                if isinstance(record, SizeAttribute) for name in record.attributes]
+    def size_attributes(self, model: Any) -> List[Tuple[Any, str, bool]]:
+        """``(module, attribute, is_count)`` for every size attribute the plugins declare for ``model``."""
+        return [(record.module, name, name in record.counts)
+                for record in self._records("collect_structure_hints", model=model)
+                if isinstance(record, SizeAttribute) for name in record.attributes + record.counts]
 
     def attention_layouts(self, model: Any) -> List[AttentionLayout]:
         return [r for r in self._records("collect_structure_hints", model=model) if isinstance(r, AttentionLayout)]

@@ -279,23 +279,26 @@ class BlockStack(StructureHint):
 @dataclasses.dataclass(frozen=True)
 class SizeAttribute(_Stamped):
     """Int attributes of ``module`` that size reshapes, splits or new tensors in its forward.
-
     Return it from ``collect_structure_hints``. While tracing each is followed like ``x.shape[1]``:
-    the first shape it sizes (a split part, a channel dim) is what it measures, and the core sets
-    it to that's new size after every pruning (``torch.split(x, [self.dim_conv, self.dim_untouched])``).
+    the first shape it sizes is what it measures, and the core sets it to that's new size after
+    every pruning (``torch.split(x, [self.dim_conv, self.dim_untouched])``).
 
     :param module: the module holding the attributes.
-    :param attributes: one attribute name or a tuple of names; each must hold an int.
+    :param attributes: names of sizes (a split part, a channel dim, a head size); each holds an int.
+    :param counts: names of counts (``n_heads``): followed and kept up to date like sizes, but a
+        count is only pruned when asked (head pruning), as a head count written in code is.
     """
 
     module: Any
     attributes: Union[str, Tuple[str, ...]]
+    counts: Union[str, Tuple[str, ...]] = ()
     provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        names = (self.attributes,) if isinstance(self.attributes, str) else tuple(self.attributes)
-        object.__setattr__(self, "attributes", names)  # always a tuple
-        for name in names:
+        for field in ("attributes", "counts"):
+            value = getattr(self, field)
+            object.__setattr__(self, field, (value,) if isinstance(value, str) else tuple(value))  # tuples
+        for name in self.attributes + self.counts:
             value = getattr(self.module, name, None)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise PluginError(f"SizeAttribute for {type(self.module).__name__}: {name!r} must be an int "
@@ -309,33 +312,30 @@ _ATTR_FIELDS = ("num_heads", "num_key_value_heads", "kv_groups", "head_dim", "wi
 class AttentionLayout(_Stamped):
     """Where an attention block keeps its heads, so the core keeps its attributes in step after pruning.
 
-    Return it from ``collect_structure_hints`` next to :class:`StructureHint`. The
-    core derives the heads of each projection from it (no ``num_heads`` argument
-    needed) and, after every pruning, sets the named attributes from the
-    projections' current channel structure. Name the projections either
-    separately (``query``, ``key``, ``value``) or as one ``fused`` projection.
+    Return it from ``collect_structure_hints`` next to :class:`StructureHint`. The core derives the
+    heads of each projection from it (no ``num_heads`` argument needed) and, after every pruning,
+    sets the named attributes from the projections' current channel structure. Name the
+    projections separately (``query``, ``key``, ``value``) or as one ``fused`` projection.
 
     :param module: the attention block.
     :param query: child name of the query projection (with ``key`` and ``value``).
     :param key: child name of the key projection; with fewer key than query heads
         (grouped-query attention) a removable head is a whole key/value group.
     :param value: child name of the value projection.
-    :param fused: child name of one projection whose output holds ``parts`` equal
-        parts (q, k and v), each ``heads x head_dim``; ``""`` is the block itself,
-        for a block pruned as one layer whose output channels are its heads.
+    :param fused: child name of one projection whose output holds ``parts`` equal parts (q, k, v),
+        each ``heads x head_dim``; ``""``: the block itself, pruned as one layer whose outputs are heads.
     :param parts: how many equal parts the fused projection's output holds (3 for q/k/v).
     :param num_heads: attributes holding the number of (query) heads.
     :param num_key_value_heads: attributes holding the number of key/value heads.
     :param kv_groups: attributes holding query heads per key/value head.
     :param head_dim: attributes holding the size of one head.
     :param width: attributes holding ``heads x head_dim`` (``all_head_size``, ``split_size``...).
-    :param scale: a float attribute scaled by ``sqrt(original head_dim / head_dim)``
-        when the head size changes (``scaling``, ``scale``).
+    :param scale: a float attribute scaled by ``sqrt(original head_dim / head_dim)`` (``scaling``).
     :param prunable_heads: whether whole heads may be removed (``None``: the pruner's option).
-    :param prunable_head_dims: whether dimensions inside heads may be removed (``None``: the pruner's option).
+    :param prunable_head_dims: whether dims inside heads may be removed (``None``: the pruner's option).
 
-    Each attribute field takes a name or a tuple of names; every name must exist
-    on ``module`` with an int value (a float for ``scale``).
+    Each attribute field takes a name or a tuple of names; every name must exist on ``module``
+    with an int value (a float for ``scale``).
     """
 
     module: Any

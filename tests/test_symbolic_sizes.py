@@ -180,3 +180,51 @@ def test_traced_sizes_do_not_stay_on_the_model():
     tp.DependencyGraph().build_dependency(model, x)
     assert all(type(getattr(m, a)) is int for m in (model.conv, model.stem) for a in ("in_channels", "out_channels"))
     assert type(model.expand.in_features) is int and type(model.expand.out_features) is int
+
+
+class AttributeAttention(nn.Module):
+    """MaxViT-style attention: ``reshape(B, N, self.n_heads, self.head_dim)`` on each of q, k and v."""
+
+    def __init__(self, dim: int = 32, head_dim: int = 8) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = dim // head_dim, head_dim
+        self.embed = nn.Linear(8, dim)
+        self.to_qkv = nn.Linear(dim, 3 * dim)
+        self.merge = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        t = self.embed(x)
+        B, N, _ = t.shape
+        q, k, v = (p.reshape(B, N, self.n_heads, self.head_dim).transpose(1, 2)
+                   for p in torch.chunk(self.to_qkv(t), 3, dim=-1))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        return self.head(self.merge(a.reshape(B, N, self.n_heads * self.head_dim)))
+
+
+@pytest.fixture
+def attention_sizes_plugin():
+    plugin = types.ModuleType("attention_sizes")
+    plugin.collect_structure_hints = tp.hookimpl(lambda model: [
+        tp.SizeAttribute(m, "head_dim", counts="n_heads") for m in model.modules()
+        if isinstance(m, AttributeAttention)])
+    hub = _plugins.get_hub()
+    hub.register(plugin, "attention_sizes")
+    yield
+    hub.unregister("attention_sizes")
+
+
+def test_a_declared_head_size_thins_every_head_and_a_declared_count_keeps_the_heads(attention_sizes_plugin):
+    model, x = AttributeAttention().eval(), torch.randn(2, 6, 8)
+    oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.merge, tp.prune_linear_in_channels, [0]),
+                 exact=False)
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.n_heads, model.head_dim) == (4, 4)
+    assert (model.to_qkv.out_features, model.merge.in_features) == (48, 16)
+    trains(model, x)
+
+
+def test_without_the_declaration_attention_sized_by_attributes_is_kept():
+    model, x = AttributeAttention().eval(), torch.randn(2, 6, 8)
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.n_heads, model.head_dim, model.to_qkv.out_features) == (4, 8, 96)

@@ -11,9 +11,13 @@ from typing import Any, Dict, List, Tuple
 from ..hookspecs import hookimpl
 from ..records import SizeAttribute
 
-# class path -> attributes that size a reshape or split in its forward
+# class path -> attributes that size a reshape or split in its forward (sizes, then counts of heads)
+SIZE_COUNTS: Dict[str, Tuple[str, ...]] = {
+    "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": ("n_heads",),
+}
 SIZE_ATTRIBUTES: Dict[str, Tuple[str, ...]] = {
     "torchvision.models.vision_transformer.VisionTransformer": ("hidden_dim",),  # reshape of the patches
+    "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": ("head_dim",),  # q/k/v reshapes
 }
 
 
@@ -31,5 +35,5 @@ def collect_structure_hints(model: Any) -> List[SizeAttribute]:
     for module in modules():
         names = SIZE_ATTRIBUTES.get(_class_path(module))
         if names and all(isinstance(getattr(module, n, None), int) for n in names):
-            records.append(SizeAttribute(module, names))
+            records.append(SizeAttribute(module, names, counts=SIZE_COUNTS.get(_class_path(module), ())))
     return records

@@ -140,7 +140,7 @@ class EvalWhereHandlersAsk:
 def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
               forward_fn: Optional[Callable[[torch.nn.Module, Any], Any]],
               output_transform: Optional[Callable[[Any], Any]], on_meta: bool = False,
-              symbolic: bool = False, size_attributes: Sequence[Tuple[torch.nn.Module, str]] = ()) -> Any:
+              symbolic: bool = False, size_attributes: Sequence[Tuple[torch.nn.Module, str, bool]] = ()) -> Any:
     """Run one forward pass under the tracer and return its (transformed) output.
 
     With ``symbolic``, sizes the forward reads from shapes and size attributes are followed

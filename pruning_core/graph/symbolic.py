@@ -88,8 +88,9 @@ class SizeBinding:
     """
 
     def __init__(self, recorder: "Recorder", module: nn.Module, attribute: str, value: int,
-                 slot: Optional[Tuple[nn.Module, str]] = None) -> None:
+                 slot: Optional[Tuple[nn.Module, str]] = None, count: bool = False) -> None:
         self.recorder, self.module, self.attribute, self.value, self.slot = recorder, module, attribute, value, slot
+        self.count = count  # a count of heads: bound and written back, but not unlocked for pruning
         self.bound: Optional[Expr] = None
 
     def expr(self) -> Optional[Expr]:
@@ -240,7 +241,7 @@ def follow(recorder: "Recorder", sizes: Sequence[int], produced: Sequence[Expr])
             continue
         if isinstance(source, BindingSource) and source.binding.expr() is None:
             source.binding.bind(resolve(expr))
-            traced.append(True)
+            traced.append(not source.binding.count)
             continue
         try:
             known = source.expr()
@@ -257,7 +258,7 @@ def follow(recorder: "Recorder", sizes: Sequence[int], produced: Sequence[Expr])
 
 @contextlib.contextmanager
 def followed_attributes(recorder: "Recorder", model: nn.Module, handled: Dict[int, Any],
-                        declared: Sequence[Tuple[nn.Module, str]]) -> Iterator[None]:
+                        declared: Sequence[Tuple[nn.Module, str, bool]]) -> Iterator[None]:
     """While tracing, replace size attributes by :class:`TracedSize` values; put the plain ints back after."""
     replaced: List[Tuple[nn.Module, str, Any]] = []
     try:
@@ -269,10 +270,10 @@ def followed_attributes(recorder: "Recorder", model: nn.Module, handled: Dict[in
                     binding = SizeBinding(recorder, module, attr, value, slot=(module, side))
                     replaced.append((module, attr, value))
                     module.__dict__[attr] = TracedSize(value, BindingSource(recorder, binding))
-        for module, attr in declared:
+        for module, attr, count in declared:
             value = module.__dict__.get(attr)
             if isinstance(value, int) and not isinstance(value, bool) and value > 1:
-                binding = SizeBinding(recorder, module, attr, value)
+                binding = SizeBinding(recorder, module, attr, value, count=count)
                 recorder.size_bindings.append(binding)
                 replaced.append((module, attr, value))
                 module.__dict__[attr] = TracedSize(value, BindingSource(recorder, binding))
