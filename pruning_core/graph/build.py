@@ -151,7 +151,8 @@ def trace_model(model: nn.Module, example_inputs: Any, forward_fn: Optional[Call
                 in_train, train_on_meta = _trace(model, inputs, forward_fn, output_transform, resolver)
         except PruningError:
             in_train = None
-        if in_train is not None and len(not_reached(model, in_train)) < len(missed):
+        # only a trace that reaches everything the eval trace did, and more (stochastic depth may skip blocks)
+        if in_train is not None and set(not_reached(model, in_train)) < set(missed):
             recorder, on_meta, forward = in_train, train_on_meta, in_training_mode(forward)
     traced = TracedModel(model=model, recorder=recorder, resolver=resolver,
                          module_names=dict(recorder.module_names), lookup=dict(model.named_modules()),
