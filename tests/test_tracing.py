@@ -404,22 +404,22 @@ def test_outputs_whose_size_the_data_decides_do_not_block_pruning():
     assert scores.shape[0] != detections_before  # the case this guards: the count really changed
 
 
-class WithTrainingOnlyHead(nn.Module):
+class WithUnusedHead(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Conv2d(3, 8, 1)
-        self.aux = nn.Conv2d(8, 2, 1)  # like GoogLeNet's auxiliary classifiers
+        self.aux = nn.Conv2d(8, 2, 1)  # run in no mode (a training-only head is traced in training mode)
         self.head = nn.Conv2d(8, 2, 1)
 
     def forward(self, x):
-        y = self.body(x)
-        return (self.head(y), self.aux(y)) if self.training else self.head(y)
+        return self.head(self.body(x))
 
 
 def test_layers_the_forward_did_not_reach_are_named_in_a_warning():
-    model = WithTrainingOnlyHead().eval()
+    model = WithUnusedHead().eval()
     with pytest.warns(tp.pruner.PruningWarning, match=r"1 layer\(s\) .* did not run .*: aux\."):
         tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 4, 4))
+    del model.aux
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to say when every layer ran
         tp.DependencyGraph().build_dependency(model.train(), torch.randn(2, 3, 4, 4))
@@ -447,7 +447,7 @@ def test_layers_pruned_by_their_parents_handler_are_not_reported_as_unreached():
     assert not [w for w in caught if "did not run" in str(w.message)]
 
 
-class WithTrainingOnlyHead(nn.Module):
+class WithUnusedLinear(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Linear(4, 8)
@@ -455,12 +455,11 @@ class WithTrainingOnlyHead(nn.Module):
         self.head = nn.Linear(8, 3)
 
     def forward(self, x):
-        h = self.body(x)
-        return (self.head(h), self.aux(h)) if self.training else self.head(h)
+        return self.head(self.body(x))
 
 
 def test_unreached_layer_warning_names_it_and_points_at_the_callers_line():
-    model = WithTrainingOnlyHead().eval()
+    model = WithUnusedLinear().eval()
     with pytest.warns(tp.pruner.PruningWarning, match="aux") as record:
         tp.DependencyGraph().build_dependency(model, torch.randn(2, 4))
     assert record[0].filename == __file__

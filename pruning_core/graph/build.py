@@ -19,6 +19,7 @@ from ..errors import ConfigurationError, PruningError, TracingError, Unsupported
 from ..records import HANDLER_METHODS
 from . import handlers as hv
 from .capture import run_trace
+from .modes import in_training_mode, not_reached, training_mode
 from .rules import pointwise
 from .slots import Slot
 from .trace import Recorder, iter_tensors
@@ -142,10 +143,20 @@ def trace_model(model: nn.Module, example_inputs: Any, forward_fn: Optional[Call
             inputs = (tuple(positional), dict(example_kwargs))
             forward_fn = forward_fn or (lambda m, x: m(*x[0], **x[1]))
     recorder, on_meta = _trace(model, inputs, forward_fn, output_transform, resolver)
+    forward = make_forward(forward_fn, output_transform)
+    missed = not_reached(model, recorder)
+    if missed and not model.training:  # layers that run only in training mode: trace once more in it
+        try:
+            with training_mode(model):
+                in_train, train_on_meta = _trace(model, inputs, forward_fn, output_transform, resolver)
+        except PruningError:
+            in_train = None
+        # only a trace that reaches everything the eval trace did, and more (stochastic depth may skip blocks)
+        if in_train is not None and set(not_reached(model, in_train)) < set(missed):
+            recorder, on_meta, forward = in_train, train_on_meta, in_training_mode(forward)
     traced = TracedModel(model=model, recorder=recorder, resolver=resolver,
                          module_names=dict(recorder.module_names), lookup=dict(model.named_modules()),
-                         example_inputs=inputs, forward=make_forward(forward_fn, output_transform),
-                         shapes_on_meta=on_meta, shared_params=[])
+                         example_inputs=inputs, forward=forward, shapes_on_meta=on_meta, shared_params=[])
     traced.shared_params = _link_shared_parameters(model, recorder)
     for slot in recorder.slots:
         if not slot.linked:
@@ -220,15 +231,9 @@ def _link_shared_parameters(model: nn.Module, recorder: Recorder) -> List[List[T
 def _warn_about_modules_that_did_not_run(model: nn.Module, recorder: Recorder) -> None:
     """Layers the traced forward never reached (GoogLeNet's training-only auxiliary heads) are not
     pruned: if they read pruned channels, they fail when they do run. Say so now, not at train time."""
-    used = {id(slot.target.owner) for slot in recorder.slots if slot.is_param}
-    ran = recorder.module_slots
-    # A layer inside a handled layer that ran (MultiheadAttention.out_proj) is pruned by that layer's handler.
-    covered = {inner_id for inner_id, owner in recorder.cover_owner.items() if id(owner) in ran}
-    missed = [name for name, module in model.named_modules()
-              if any(True for _ in module.parameters(recurse=False)) and id(module) not in ran
-              and id(module) not in used and id(module) not in covered]
+    missed = not_reached(model, recorder)
     if missed:
         shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
         warn(f"{len(missed)} layer(s) with parameters did not run in the traced forward: {shown}. They are "
              "not pruned, and they fail if they run later and read pruned channels (auxiliary heads that run "
-             "only in training mode). Remove them before pruning, or trace with inputs and a mode that runs them.")
+             "in neither eval nor training mode). Remove them before pruning, or trace with inputs that run them.")
