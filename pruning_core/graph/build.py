@@ -234,6 +234,6 @@ def _warn_about_modules_that_did_not_run(model: nn.Module, recorder: Recorder) -
     missed = not_reached(model, recorder)
     if missed:
         shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
-        warn(f"{len(missed)} layer(s) with parameters did not run in the traced forward: {shown}. They are "
-             "not pruned, and they fail if they run later and read pruned channels (auxiliary heads that run "
-             "in neither eval nor training mode). Remove them before pruning, or trace with inputs that run them.")
+        warn(f"{len(missed)} layer(s) with parameters did not run in the traced forward, in eval or training "
+             f"mode: {shown}. They are not pruned, and they fail if they run later and read pruned channels. "
+             "Remove them before pruning, or trace with inputs that run them.")
