@@ -21,9 +21,14 @@ class _DispatchTracer(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self.recorder.handled_depth == 0:
-            self.recorder.record_op(func, args, kwargs, out)
+        recorder, quiet = self.recorder, self.recorder.in_hook
+        recorder.in_hook = True  # kernels and the recorder read shapes too: those are not the model's
+        try:
+            out = func(*args, **kwargs)
+            if recorder.handled_depth == 0:
+                recorder.record_op(func, args, kwargs, out)
+        finally:
+            recorder.in_hook = quiet
         return out
 
 

@@ -3,8 +3,9 @@
 ``x.reshape(B, N, C)`` with ``C = x.shape[-1]`` says that the reshaped dim *is* ``x``'s
 channel dim, and ``C // num_heads`` that a head holds ``C / num_heads`` of those channels.
 The aten operators only see plain numbers, so the tracer also watches the Python level
-(a ``TorchFunctionMode``): reading ``x.shape`` or ``x.size()`` gives ints that remember the
-dimension they measure (:class:`TracedSize`), floor division by a constant keeps that
+(``Tensor.shape``, ``Tensor.size`` and the calls that take sizes, wrapped while tracing):
+reading ``x.shape`` or ``x.size()`` gives ints that remember the dimension they measure
+(:class:`TracedSize`), floor division by a constant keeps that
 memory, and a torch call that receives such ints leaves them for the op rules of the
 aten operators it runs (:meth:`pruning_core.graph.OpCall.size_exprs`). A rule then relates
 the output dim to the measured one instead of taking the number as written in code.
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .dims import STRUCTURED, DimError, Expr, resolve
 
@@ -145,17 +145,96 @@ class TracedShape(tuple):
         return TracedShape(value) if isinstance(item, slice) else value
 
 
-def _shape_getters() -> Tuple[Any, ...]:
-    return (torch.Tensor.shape.__get__, torch.Tensor.size)
+_TENSOR_SIZING = ("view", "reshape", "expand", "split", "split_with_sizes", "unflatten", "new_zeros", "new_ones",
+                  "new_empty", "new_full")
+_TORCH_SIZING = ("reshape", "split", "unflatten", "zeros", "ones", "empty", "full")
 
 
-def _sizing_functions() -> frozenset:
-    """Python-level calls whose int arguments the op rules relate to dims (others pass straight through)."""
-    T = torch.Tensor
-    found = [T.view, T.reshape, torch.reshape, T.expand, T.split, torch.split, T.split_with_sizes, T.unflatten,
-             torch.unflatten, T.new_zeros, T.new_ones, T.new_empty, T.new_full, torch.zeros, torch.ones,
-             torch.empty, torch.full]
-    return frozenset(found)
+class SizeTracker:
+    """While active, hands out :class:`TracedSize` for shapes of traced tensors and passes them to the op rules.
+
+    Only ``Tensor.shape``, ``Tensor.size`` and the calls that take sizes (``view``, ``reshape``,
+    ``expand``, ``split``, new tensors...) are wrapped, for the time of one trace, so the other
+    operators of the forward cost nothing extra.
+    """
+
+    def __init__(self, recorder: "Recorder") -> None:
+        self.recorder = recorder
+        self._saved: List[Tuple[Any, str, Any]] = []
+
+    def _quiet(self) -> bool:
+        return bool(self.recorder.handled_depth or self.recorder.in_hook)  # nothing recorded there
+
+    def __enter__(self) -> "SizeTracker":
+        base_shape = torch._C.TensorBase.shape.__get__
+        base_size = torch._C.TensorBase.size
+        tracker = self
+
+        def shape(tensor: torch.Tensor) -> Any:
+            result = base_shape(tensor)
+            return result if tracker._quiet() else tracker._traced_shape(result, tensor, None)
+
+        def size(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            result = base_size(tensor, *args, **kwargs)
+            if tracker._quiet():
+                return result
+            dim = args[0] if args else kwargs.get("dim")
+            return tracker._traced_shape(result, tensor, dim)
+
+        self._patch(torch.Tensor, "shape", property(shape))
+        self._patch(torch.Tensor, "size", size)
+        for owner, names in ((torch.Tensor, _TENSOR_SIZING), (torch, _TORCH_SIZING)):
+            for name in names:
+                original = getattr(owner, name, None)
+                if callable(original):
+                    self._patch(owner, name, self._sizing(original))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for owner, name, original in reversed(self._saved):
+            if original is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        self._saved.clear()
+
+    def _patch(self, owner: Any, name: str, value: Any) -> None:
+        self._saved.append((owner, name, owner.__dict__.get(name, _ABSENT)))
+        setattr(owner, name, value)
+
+    def _sizing(self, func: Any) -> Any:
+        tracker = self
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if tracker._quiet():
+                return func(*args, **kwargs)
+            ints = _ints_in(args, kwargs)
+            if not any(isinstance(i, TracedSize) for i in ints):
+                return func(*args, **kwargs)
+            recorder = tracker.recorder
+            hints = [(int(i), i.source if isinstance(i, TracedSize) and i.source.recorder is recorder else None)
+                     for i in ints]
+            recorder.size_hints.append(hints)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                recorder.size_hints.pop()
+
+        return call
+
+    def _traced_shape(self, result: Any, tensor: torch.Tensor, dim: Any) -> Any:
+        serial = self.recorder.known_serial(tensor)
+        if serial is None:
+            return result
+        if isinstance(result, int):  # x.size(dim)
+            if not isinstance(dim, int) or result < 2:
+                return result
+            return TracedSize(result, DimSource(self.recorder, serial, dim % tensor.ndim))
+        return TracedShape(TracedSize(size, DimSource(self.recorder, serial, d)) if size > 1 else size
+                           for d, size in enumerate(result))
+
+
+_ABSENT = object()
 
 
 def _ints_in(args: Sequence[Any], kwargs: Dict[str, Any]) -> List[Any]:
@@ -167,48 +246,6 @@ def _ints_in(args: Sequence[Any], kwargs: Dict[str, Any]) -> List[Any]:
         elif isinstance(value, (list, tuple)):
             found.extend(v for v in value if isinstance(v, int) and not isinstance(v, bool))
     return found
-
-
-class SizeTracker(TorchFunctionMode):
-    """Hands out :class:`TracedSize` for shapes of traced tensors and passes them on to the op rules."""
-
-    def __init__(self, recorder: "Recorder") -> None:
-        super().__init__()
-        self.recorder = recorder
-        self.getters = _shape_getters()
-        self.sizing = _sizing_functions()
-
-    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        if self.recorder.handled_depth or self.recorder.in_hook:  # nothing recorded here: stay out of the way
-            return func(*args, **kwargs)
-        if func in self.getters:
-            return self._traced_shape(func(*args, **kwargs), args)
-        if func not in self.sizing:
-            return func(*args, **kwargs)
-        ints = _ints_in(args, kwargs)
-        if not any(isinstance(i, TracedSize) for i in ints):
-            return func(*args, **kwargs)
-        hints = [(int(i), i.source if isinstance(i, TracedSize) and i.source.recorder is self.recorder else None)
-                 for i in ints]
-        self.recorder.size_hints.append(hints)
-        try:
-            return func(*args, **kwargs)
-        finally:
-            self.recorder.size_hints.pop()
-
-    def _traced_shape(self, result: Any, args: Sequence[Any]) -> Any:
-        tensor = args[0] if args else None
-        serial = self.recorder.known_serial(tensor) if isinstance(tensor, torch.Tensor) else None
-        if serial is None:
-            return result
-        if isinstance(result, int):  # x.size(dim)
-            dim = args[1] if len(args) > 1 else None
-            if not isinstance(dim, int) or result < 2:
-                return result
-            return TracedSize(result, DimSource(self.recorder, serial, dim % tensor.ndim))
-        return TracedShape(TracedSize(size, DimSource(self.recorder, serial, d)) if size > 1 else size
-                           for d, size in enumerate(result))
 
 
 def aligned_sources(recorder: "Recorder", sizes: Sequence[int]) -> List[Optional[Source]]:
