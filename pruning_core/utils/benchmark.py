@@ -14,25 +14,16 @@ import gc
 import os
 import statistics
 import time
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Tuple, Union
 
 import torch
 from torch import nn
 
 from ..errors import ConfigurationError
+from .calling import ForwardFn
+from .calling import call_model as _call
 from .progress import progress
 
-ForwardFn = Optional[Callable[[nn.Module, Any], Any]]
-
-
-def _call(model: nn.Module, inputs: Any, forward_fn: ForwardFn) -> Any:
-    if forward_fn is not None:
-        return forward_fn(model, inputs)
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (list, tuple)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def _runner(forward_fn: ForwardFn, run_fn: ForwardFn) -> ForwardFn:

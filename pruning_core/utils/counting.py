@@ -13,20 +13,15 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .calling import call_model
+
 
 def count_params(model: nn.Module) -> int:
     """Number of parameter elements, counting shared (tied) tensors once."""
     return sum(p.numel() for p in model.parameters())
 
 
-def _run(model: nn.Module, example_inputs: Any, forward_fn: Optional[Callable[[nn.Module, Any], Any]]) -> Any:
-    if forward_fn is not None:
-        return forward_fn(model, example_inputs)
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (list, tuple)):
-        return model(*example_inputs)
-    return model(example_inputs)
+_run = call_model
 
 
 class _Untouched:

@@ -13,24 +13,15 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from .calling import ForwardFn
+from .calling import call_model as _call
 from .progress import Phase
 
-ForwardFn = Optional[Callable[[nn.Module, Any], Any]]
-
-
-def _call(model: nn.Module, inputs: Any, forward_fn: ForwardFn) -> Any:
-    if forward_fn is not None:
-        return forward_fn(model, inputs)
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (list, tuple)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def _quartiles(values: Sequence[float]) -> Tuple[float, float, float]:
