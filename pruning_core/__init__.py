@@ -46,7 +46,7 @@ _LAZY_NAMES: Dict[str, str] = {
 _LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing", "function", "distributed")
 # Every submodule, reachable as an attribute of the package once it is imported (a test checks the list).
 _SUBMODULES = frozenset(_LAZY_SUBMODULES + (
-    "builtin", "calibration", "cli", "compensation", "errors", "functional", "graph", "hookspecs", "layer_handler",
+    "builtin", "calibration", "calling", "cli", "compensation", "errors", "functional", "graph", "hookspecs", "layer_handler",
     "lineage", "records", "_gc", "_hooktrace", "_plugins", "_registry", "_version"))
 
 

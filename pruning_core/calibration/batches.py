@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional
 import torch
 from torch import nn
 
+from ..calling import call_model
 from ..errors import ConfigurationError
 from ..utils.progress import progress
 
@@ -43,13 +44,7 @@ def make_forward(forward_fn: Optional[Forward], example_inputs: Any) -> Forward:
     def forward(model: nn.Module, batch: Any) -> Any:
         batch = _like_example(batch, example_inputs)
         batch = _to_device(batch, _device_of(model))
-        if forward_fn is not None:
-            return forward_fn(model, batch)
-        if isinstance(batch, collections.abc.Mapping):
-            return model(**batch)
-        if isinstance(batch, (list, tuple)):
-            return model(*batch)
-        return model(batch)
+        return call_model(model, batch, forward_fn)
     return forward
 
 

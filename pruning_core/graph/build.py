@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import _plugins
+from ..calling import call_model
 from ..errors import ConfigurationError, PruningError, TracingError, UnsupportedModelError, warn
 from ..records import HANDLER_METHODS
 from . import handlers as hv
@@ -113,14 +114,7 @@ def make_forward(forward_fn: Optional[Callable[[nn.Module, Any], Any]],
                  output_transform: Optional[Callable[[Any], Any]]) -> Callable[[nn.Module, Any], Any]:
     """``forward(model, inputs)``: the user's ``forward_fn``, or a call with the inputs unpacked."""
     def forward(model: nn.Module, inputs: Any) -> Any:
-        if forward_fn is not None:
-            output = forward_fn(model, inputs)
-        elif isinstance(inputs, dict):
-            output = model(**inputs)
-        elif isinstance(inputs, (list, tuple)):
-            output = model(*inputs)
-        else:
-            output = model(inputs)
+        output = call_model(model, inputs, forward_fn)
         return output_transform(output) if output_transform is not None else output
     return forward
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..calling import call_model
 from .symbolic import SizeTracker, followed_attributes, scrub
 from .trace import Recorder, iter_tensors
 
@@ -174,14 +175,7 @@ def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
         attributes = followed_attributes(recorder, model, recorder.handlers, size_attributes) if symbolic else contextlib.nullcontext()
         with torch.no_grad(), EvalWhereHandlersAsk(model, lambda m: handler_of(id(m))), shape_only, attributes, \
                 sizes, tracer:
-            if forward_fn is not None:
-                output = forward_fn(model, example_inputs)
-            elif isinstance(example_inputs, dict):
-                output = model(**example_inputs)
-            elif isinstance(example_inputs, (list, tuple)):
-                output = model(*example_inputs)
-            else:
-                output = model(example_inputs)
+            output = call_model(model, example_inputs, forward_fn)
             if output_transform is not None:
                 output = output_transform(output)
     finally:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import pruning_core as tp
+from pruning_core.calling import call_model
 from pruning_core.graph.record import RECORD_ATTR
 
 
@@ -37,11 +38,7 @@ from pruning_core.graph.record import RECORD_ATTR
 def run(model: nn.Module, inputs: Any) -> Any:
     """``model(inputs)`` without gradients; a dict is passed as keywords, a tuple or list as positionals."""
     with torch.no_grad():
-        if isinstance(inputs, dict):
-            return model(**inputs)
-        if isinstance(inputs, (tuple, list)):
-            return model(*inputs)
-        return model(inputs)
+        return call_model(model, inputs)
 
 
 def first_tensor(output: Any) -> torch.Tensor:

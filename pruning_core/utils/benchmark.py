@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigurationError
-from .calling import ForwardFn
-from .calling import call_model as _call
+from ..calling import ForwardFn
+from ..calling import call_model as _call
 from .progress import progress
 
 

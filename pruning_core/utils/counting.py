@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .calling import call_model
+from ..calling import call_model
 
 
 def count_params(model: nn.Module) -> int:

@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from .calling import ForwardFn
-from .calling import call_model as _call
+from ..calling import ForwardFn
+from ..calling import call_model as _call
 from .progress import Phase
 
 
