@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 from torch import nn
@@ -67,21 +67,33 @@ def _file(target: str, spec: str) -> ModelSource:
     raise ConfigurationError(f"{factory_name}() must return a model, (model, example_inputs) or a ModelSource")
 
 
-def _saved(directory: str, spec: str) -> ModelSource:
+def rebuild_pruned(where: str, base: Any, load: Callable[[nn.Module], Any], hint: str = "",
+                   build: Optional[Callable[[str], Optional[ModelSource]]] = None) -> ModelSource:
+    """The unpruned model ``base`` (the spec a saved pruned model records), built and given ``load``'s weights.
+
+    :param where: the saved file or directory, for messages.
+    :param load: ``load(model)`` rebuilds the pruned structure and weights on the fresh model.
+    :param hint: appended to the message when the record has no spec.
+    :param build: how to build a spec (default: the plugins' schemes).
+    """
     from .._plugins import get_hub
+
+    if not isinstance(base, str) or not base:
+        raise ConfigurationError(f"{where} does not say how to build its unpruned model (no model_spec){hint}")
+    source = (build or get_hub().resolve_model_spec)(base)
+    if source is None:
+        raise ConfigurationError(f"{where} was pruned from {base!r}, which no installed plugin can build")
+    load(source.model)
+    source.spec = base
+    source.description = f"pruned {source.description or base} loaded from {where}"
+    return source
+
+
+def _saved(directory: str, spec: str) -> ModelSource:
     from ..serialization import load_pruned, read_record
 
-    record = read_record(directory)
-    base = record.get("model_spec")
-    if not isinstance(base, str) or not base:
-        raise ConfigurationError(f"{directory} does not say how to build its unpruned model (no model_spec)")
-    source = get_hub().resolve_model_spec(base)
-    if source is None:
-        raise ConfigurationError(f"{directory} was pruned from {base!r}, which no installed plugin can build")
-    load_pruned(source.model, directory)
-    source.spec = base
-    source.description = f"pruned {source.description or base} loaded from {directory}"
-    return source
+    return rebuild_pruned(directory, read_record(directory).get("model_spec"),
+                          lambda model: load_pruned(model, directory))
 
 
 def _saved_directory(spec: str) -> Optional[ModelSource]:

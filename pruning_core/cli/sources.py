@@ -17,6 +17,7 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
+from ..calling import call_model
 from ..errors import ConfigurationError, PruningError
 from ..records import ModelSource
 
@@ -119,6 +120,7 @@ def user_error(exc: BaseException) -> str:
 
 def _from_pt(path: str) -> ModelSource:
     from .._plugins import get_hub
+    from ..builtin.model_sources import rebuild_pruned
     from ..serialization import load_state_dict
 
     try:
@@ -128,16 +130,9 @@ def _from_pt(path: str) -> ModelSource:
                                  f"{str(exc).splitlines()[0][:200]}); a .pt MODEL must be written by "
                                  "pruning-core prune -o file.pt") from None
     base = payload.get("model_spec") if isinstance(payload, dict) else None
-    if not isinstance(base, str) or not base:
-        raise ConfigurationError(f"{path} does not say how to build its unpruned model (no model_spec); a .pt MODEL "
-                                 "must be written by pruning-core prune -o file.pt")
-    source = _built(base, get_hub().resolve_model_spec)
-    if source is None:
-        raise ConfigurationError(f"{path} was pruned from {base!r}, which no installed plugin can build")
-    load_state_dict(source.model, payload)
-    source.spec = base
-    source.description = f"pruned {source.description or base} loaded from {path}"
-    return source
+    return rebuild_pruned(path, base, lambda model: load_state_dict(model, payload),
+                          hint="; a .pt MODEL must be written by pruning-core prune -o file.pt",
+                          build=lambda spec: _built(spec, get_hub().resolve_model_spec))
 
 
 def _built(spec: str, build: Any) -> Optional[ModelSource]:
@@ -210,11 +205,4 @@ def random_like(inputs: Any) -> Any:
 
 
 def run_model(source: ModelSource, inputs: Any) -> Any:
-    model = source.model
-    if source.forward_fn is not None:
-        return source.forward_fn(model, inputs)
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (list, tuple)):
-        return model(*inputs)
-    return model(inputs)
+    return call_model(source.model, inputs, source.forward_fn)
