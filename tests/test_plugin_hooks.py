@@ -8,21 +8,14 @@ import re
 import subprocess
 import sys
 import textwrap
-import types
 
 import pytest
 import torch
 from torch import nn
 
 import pruning_core as tp
+from pruning_core.testing import make_plugin
 from pruning_core import _plugins
-
-
-def make_plugin(name, **hooks):
-    module = types.ModuleType(name)
-    for hook_name, fn in hooks.items():
-        setattr(module, hook_name, tp.hookimpl(fn))
-    return module
 
 
 @pytest.fixture

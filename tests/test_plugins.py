@@ -15,6 +15,7 @@ from torch import nn
 
 import pruning_core as tp
 from pruning_core import _plugins, hookspecs
+from pruning_core.testing import make_plugin
 
 
 class Doubler(nn.Module):
@@ -64,13 +65,6 @@ class FakeEntryPoint:
         if self._error is not None:
             raise self._error
         return self._plugin
-
-
-def make_plugin(name, **hooks):
-    module = types.ModuleType(name)
-    for hook_name, fn in hooks.items():
-        setattr(module, hook_name, tp.hookimpl(fn))
-    return module
 
 
 @pytest.fixture

@@ -157,4 +157,17 @@ def check_handler(handler: Any, layer: nn.Module, example_input: torch.Tensor,
     return ran
 
 
-__all__ = ["check_handler", "HandlerContractError"]
+def make_plugin(name: str, **hooks: Any) -> Any:
+    """A plugin module named ``name`` whose hook implementations are ``hooks`` (``hook_name=function``),
+    ready for ``pruning_core._plugins.get_hub().register(plugin, name)`` in a test."""
+    import types
+
+    from ..hookspecs import hookimpl
+
+    module = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(module, hook_name, hookimpl(fn))
+    return module
+
+
+__all__ = ["check_handler", "HandlerContractError", "make_plugin"]
