@@ -7,7 +7,7 @@ The aten operators only see plain numbers, so the tracer also watches the Python
 reading ``x.shape`` or ``x.size()`` gives ints that remember the dimension they measure
 (:class:`TracedSize`), floor division by a constant keeps that
 memory, and a torch call that receives such ints leaves them for the op rules of the
-aten operators it runs (:meth:`pruning_core.graph.OpCall.size_exprs`). A rule then relates
+aten operators it runs (``OpCall.follow_sizes`` in the rules). A rule then relates
 the output dim to the measured one instead of taking the number as written in code.
 
 Module attributes that hold sizes are followed the same way while tracing: those a
