@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -85,6 +86,10 @@ class CheckpointReader:
     def names(self) -> List[str]:
         return list(self.files)
 
+    def parameters(self) -> int:
+        """How many numbers the checkpoint holds."""
+        return sum(math.prod(shape) for shape in self.shapes.values())
+
     def size(self) -> int:
         """Bytes of tensor data in the checkpoint."""
         return sum(os.path.getsize(os.path.join(self.directory, f)) for f in set(self.files.values()))
@@ -112,6 +117,7 @@ class ShardWriter:
         self.count = count
         self.weight_map: Dict[str, str] = {}
         self.total = 0
+        self.params = 0
 
     def write(self, number: int, tensors: Dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
@@ -122,6 +128,7 @@ class ShardWriter:
         for key, tensor in tensors.items():
             self.weight_map[key] = name
             self.total += tensor.numel() * tensor.element_size()
+            self.params += tensor.numel()
 
     def write_index(self) -> None:
         with open(os.path.join(self.directory, INDEX), "w") as handle:

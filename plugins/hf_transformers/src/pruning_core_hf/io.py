@@ -54,6 +54,9 @@ class SavedModel(str):
         saved.form, saved.reason = form, reason
         return saved
 
+    def __getnewargs__(self) -> tuple:  # copy and pickle (transformers deep-copies path arguments)
+        return (str(self), self.form, self.reason)
+
 
 def _original_config(model: nn.Module) -> Any:
     from .config import FULL_ORIGINAL

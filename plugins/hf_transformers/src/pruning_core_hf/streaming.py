@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import logging
 import os
 import shutil
@@ -38,12 +39,16 @@ class StreamedModel(SavedModel):
     """The directory :func:`prune_checkpoint` wrote, with what the run measured.
 
     ``peak_rss`` is the process's peak resident memory in bytes (the whole process,
-    imports included), ``input_bytes``/``output_bytes`` the tensor data read and written.
+    imports included), ``input_bytes``/``output_bytes`` the tensor data read and written,
+    ``params_before``/``params_after`` the numbers stored before and after.
     """
 
     peak_rss: int
     input_bytes: int
     output_bytes: int
+    params_before: int
+    params_after: int
+    blocks: int
 
 
 def _model_class(config: Any) -> Any:
@@ -142,6 +147,14 @@ def _batches(calibration: Any, directory: str, batch_size: int, max_length: int)
     """Calibration batches from batches, a tensor of token ids (one row per sequence) or a list of texts."""
     if calibration is None:
         return None
+    if isinstance(calibration, int) and not isinstance(calibration, bool):
+        if calibration < 1:
+            raise ConfigurationError(f"calibration={calibration}: give at least one sequence")
+        import transformers
+
+        vocab = getattr(transformers.AutoConfig.from_pretrained(directory), "vocab_size", None) or 1000
+        ids = torch.randint(0, vocab, (calibration, max_length), generator=torch.Generator().manual_seed(0))
+        return list(ids.split(batch_size))  # random tokens: enough to try; real text scores better
     if isinstance(calibration, torch.Tensor):
         if calibration.dim() != 2 or calibration.is_floating_point():
             raise ConfigurationError(f"calibration tensor must hold token ids, one sequence per row; got shape "
@@ -175,10 +188,25 @@ def _copy_side_files(src: str, work: str) -> None:
             shutil.copy2(path, os.path.join(work, name))
 
 
+def _pack(names: Dict[str, str], reader: CheckpointReader, limit: int) -> List[List[str]]:
+    """Model names in shards of at most ``limit`` bytes (a larger tensor gets a shard of its own)."""
+    shards: List[List[str]] = []
+    size = 0
+    for name, key in names.items():
+        shape, dtype = reader.shapes[key], _DTYPES.get(reader.dtypes[key], torch.float32)
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if not shards or (size + nbytes > limit and shards[-1]):
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
 def prune_checkpoint(src: str, dst: str, ratio: float = 0.3, importance: Any = "wanda",
                      compensation: Optional[str] = None, calibration: Any = None, *, heads: bool = True,
                      head_ratio: Optional[float] = None, global_pruning: bool = False,
-                     max_memory: Union[int, str] = "4GB", batch_size: int = 8, max_length: int = 128,
+                     max_memory: Union[int, str] = "4GB", max_shard_size: Union[int, str] = "2GB", batch_size: int = 8, max_length: int = 128,
                      ignored_layers: Sequence[str] = (), overwrite: bool = False, progress: bool = True,
                      **pruner_kwargs: Any) -> StreamedModel:
     """Prune the safetensors checkpoint in directory ``src`` into ``dst``, one decoder block in memory at a time.
@@ -188,10 +216,13 @@ def prune_checkpoint(src: str, dst: str, ratio: float = 0.3, importance: Any = "
         ``"obs"``) score each block on the inputs the pruned blocks before it produce.
     :param compensation: ``"bias"`` or ``"lstsq"`` to repair each block's outputs (needs calibration).
     :param calibration: batches (dicts of ``input_ids``/``attention_mask``), a tensor of token ids
-        (one row per sequence) or a list of texts (tokenized with ``src``'s tokenizer).
+        (one row per sequence), a list of texts (tokenized with ``src``'s tokenizer), or a number
+        of random sequences of ``max_length`` tokens (for trying it out; real text scores better).
     :param heads: also remove whole attention heads, at ``head_ratio`` (default: ``ratio``).
     :param global_pruning: rank channels across blocks (two streaming passes: score, then prune).
     :param max_memory: calibration hidden states held in memory before they go to disk.
+    :param max_shard_size: the tensors outside the blocks (embeddings, head) go in shards of at most
+        this size, each read and written on its own; every block is a shard of its own.
     :param ignored_layers: qualified names of more modules whose outputs are kept.
     :param overwrite: replace an existing ``dst`` (only once the new one is complete).
 
@@ -239,16 +270,18 @@ def prune_checkpoint(src: str, dst: str, ratio: float = 0.3, importance: Any = "
                         prune_num_heads=heads, head_pruning_ratio=ratio if head_ratio is None else head_ratio,
                         ignored_layers=ignored, calibration=batches, compensation=compensation, forward_fn=forward,
                         **pruner_kwargs)
+    block_names = tuple(n + "." for n, m in model.named_modules() if id(m) in {id(b) for b in blocks})
+    outside = {name: key for name, key in key_of.items() if not name.startswith(block_names)}
+    outside_shards = _pack(outside, reader, parse_bytes(max_shard_size))
     work = _prepare(dst, overwrite)
-    writer = ShardWriter(work, len(blocks) + 1)
+    writer = ShardWriter(work, len(blocks) + len(outside_shards))
     store = CheckpointStore(model, reader, writer, buffers, key_of)
     streaming = StreamingPrune(pruner, store, forward, budget, work, run_meta=lambda: call_model(model, inputs, forward))
     streaming.run(progress)
-    outside = {name: key for name, key in key_of.items()
-               if not any(name.startswith(store.names[id(b)] + ".") for b in blocks)}
-    found = reader.read(outside.values())
-    writer.write(len(blocks) + 1, {name: found[key] for name, key in outside.items()})
-    del found
+    for number, names in enumerate(outside_shards, len(blocks) + 1):  # embeddings, final norm, head: as they are
+        found = reader.read(outside[n] for n in names)
+        writer.write(number, {n: found[outside[n]] for n in names})
+        del found
     writer.write_index()
     shutil.rmtree(os.path.join(work, "hidden"), ignore_errors=True)
     form, reason = _write_config(model, work)
@@ -261,8 +294,24 @@ def prune_checkpoint(src: str, dst: str, ratio: float = 0.3, importance: Any = "
     result = StreamedModel(final, form, reason)
     result.peak_rss = max(streaming.peak, peak_rss())
     result.input_bytes, result.output_bytes = reader.size(), writer.total
+    result.params_before, result.params_after, result.blocks = reader.parameters(), writer.params, len(blocks)
     logger.info("%s: pruned %d blocks, %s form, peak RSS %.2f GiB", final, len(blocks), form, result.peak_rss / 2 ** 30)
     return result
+
+
+def stream_spec(spec: str, output: str, **options: Any) -> Dict[str, Any]:
+    """``pruning-core prune hf:DIR --low-memory``: :func:`prune_checkpoint` and a report for the command line."""
+    directory = spec.partition(":")[2]
+    if not os.path.isdir(directory):
+        raise ConfigurationError(f"{spec}: give a local checkpoint directory (models are never downloaded)")
+    options = {k: v for k, v in options.items() if v is not None or k == "calibration"}
+    result = prune_checkpoint(directory, output, **options)
+    how = ("AutoModel...from_pretrained (stock transformers)" if result.form == STOCK
+           else "pruning_core_hf.from_pretrained")
+    return {"output": str(result), "form": result.form, "load_with": how, "reason": result.reason or None,
+            "blocks": result.blocks, "params_before": result.params_before, "params_after": result.params_after,
+            "bytes_read": result.input_bytes, "bytes_written": result.output_bytes,
+            "peak_rss_gib": round(result.peak_rss / 2 ** 30, 2)}
 
 
 def _write_config(model: nn.Module, work: str) -> Any:
@@ -294,4 +343,4 @@ def _write_config(model: nn.Module, work: str) -> Any:
     return PLUGIN, reason
 
 
-__all__ = ["prune_checkpoint", "StreamedModel", "MARKER"]
+__all__ = ["prune_checkpoint", "StreamedModel", "MARKER", "stream_spec"]
