@@ -283,3 +283,56 @@ def test_command_line_low_memory(small_checkpoint, tmp_path, capsys):
     assert main(["prune", "torchvision:resnet18", "--low-memory", "--ratio", "0.3", "--output",
                  str(tmp_path / "r")]) == 2
     assert "schemes that can: hf" in capsys.readouterr().err
+
+
+FAMILIES = {  # decoder stacks with per-layer sliding windows (Gemma 2), Conv1D layers (GPT-2), an encoder (BERT),
+    # positions derived from the mask (OPT)
+    "Qwen2ForCausalLM": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=200),
+    "Gemma2ForCausalLM": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                              num_key_value_heads=2, vocab_size=200, head_dim=16, sliding_window=4),
+    "GPT2LMHeadModel": dict(n_embd=64, n_layer=3, n_head=4, vocab_size=200, bos_token_id=0, eos_token_id=0),
+    "BertModel": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                      vocab_size=200),
+    "OPTForCausalLM": dict(hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4, vocab_size=200,
+                           word_embed_proj_dim=64, pad_token_id=1, bos_token_id=2, eos_token_id=2),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", sorted(FAMILIES))
+def test_streaming_matches_in_memory_across_families(architecture, tmp_path):
+    from pruning_core.calibration.sequential import find_blocks
+    from pruning_core_hf.streaming import _forward_without_cache
+
+    model_class = getattr(transformers, architecture)
+    config = model_class.config_class(**FAMILIES[architecture], architectures=[architecture])
+    torch.manual_seed(0)
+    model_class(config).save_pretrained(tmp_path / "src")
+    ids = calibration(4, 12, vocab=200)
+    result = pruning_core_hf.prune_checkpoint(str(tmp_path / "src"), str(tmp_path / "out"), head_ratio=0.5,
+                                              calibration=ids, batch_size=2, progress=False)
+    reference = model_class.from_pretrained(tmp_path / "src").eval()
+    blocks = {id(m) for block in find_blocks(reference) for m in block.modules()}
+    outside = [m for m in reference.modules() if id(m) not in blocks and not list(m.children())]
+    tp.pruner.BasePruner(reference, {"input_ids": ids[:1]}, importance="wanda", pruning_ratio=0.3,
+                         prune_num_heads=True, head_pruning_ratio=0.5, ignored_layers=outside,
+                         calibration=list(ids.split(2)), forward_fn=_forward_without_cache(reference)).step()
+    streamed = model_class.from_pretrained(result).eval() if result.form == "stock" \
+        else pruning_core_hf.from_pretrained(result)
+    ours, theirs = reference.state_dict(), streamed.state_dict()
+    assert set(ours) == set(theirs) and result.params_after < result.params_before
+    for name, tensor in ours.items():
+        torch.testing.assert_close(theirs[name], tensor, rtol=0, atol=0, msg=name)
+    first, second = reference(ids[:2]), streamed(ids[:2])
+    torch.testing.assert_close(second[0], first[0], rtol=0, atol=0)
+
+
+def test_converted_checkpoints_are_refused_with_the_reason(tmp_path):
+    config = transformers.Qwen3MoeConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=200, num_experts=4,
+                                         num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16,
+                                         architectures=["Qwen3MoeForCausalLM"])
+    transformers.Qwen3MoeForCausalLM(config).save_pretrained(tmp_path / "src")
+    with pytest.raises(tp.SerializationError, match="transformers converts while loading"):
+        pruning_core_hf.prune_checkpoint(str(tmp_path / "src"), str(tmp_path / "out"), calibration=2, progress=False)

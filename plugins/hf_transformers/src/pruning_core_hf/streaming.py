@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from pruning_core import ConfigurationError, SerializationError
+from pruning_core import ConfigurationError, SerializationError, UnsupportedModelError
 
 from .checkpoint import INDEX, CheckpointReader, CheckpointStore, ShardWriter, default_dtype, parameters_on_meta
 from .io import PLUGIN, RECORD, STOCK, SavedModel
@@ -99,9 +99,15 @@ def _match_keys(model: nn.Module, reader: CheckpointReader) -> Dict[str, str]:
     params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     missing = [m for m in missing if m not in tied and m in params]  # buffers absent from a checkpoint are rebuilt
     if missing:
+        used = set(key_of.values())
+        leftover = [n for n in reader.names() if n not in used]
+        hint = "config.json describes tensors the weights do not have"
+        if leftover:  # transformers renames or fuses some tensors when it loads (per-expert weights, ...)
+            hint = (f"the checkpoint holds {len(leftover)} tensor(s) under other names (such as {leftover[0]}) "
+                    "that transformers converts while loading; streaming reads tensors by the model's own names "
+                    "and cannot convert them: prune this model in memory")
         raise SerializationError(f"{reader.directory}: the checkpoint has no tensor for {missing[0]}"
-                                 f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; config.json "
-                                 "describes tensors the weights do not have")
+                                 f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; {hint}")
     return key_of
 
 
@@ -123,10 +129,29 @@ def _prepare(dst: str, overwrite: bool) -> str:
     return work
 
 
-def _meta_inputs(dtype: torch.dtype, tokens: int = 8) -> Dict[str, torch.Tensor]:
-    # A 4-D float mask: transformers builds a 2-D mask with .item(), which meta tensors cannot do.
-    return {"input_ids": torch.zeros(1, tokens, dtype=torch.long, device="meta"),
-            "attention_mask": torch.zeros(1, 1, tokens, tokens, dtype=dtype, device="meta")}
+def _meta_inputs(model: nn.Module, dtype: torch.dtype, forward: Any, tokens: int = 8) -> Dict[str, torch.Tensor]:
+    """Example inputs the model runs on the meta device, found by trying the forms transformers takes.
+
+    A 4-D float mask first: building a mask from a 2-D one calls ``.item()``, which meta tensors
+    cannot do; models that derive positions from the mask (OPT) also get ``position_ids``.
+    """
+    ids = torch.zeros(1, tokens, dtype=torch.long, device="meta")
+    mask = torch.zeros(1, 1, tokens, tokens, dtype=dtype, device="meta")
+    accepted = inspect.signature(model.forward).parameters
+    candidates = [{"input_ids": ids, "attention_mask": mask}, {"input_ids": ids}]
+    if "position_ids" in accepted:
+        candidates.insert(1, {"input_ids": ids, "attention_mask": mask,
+                              "position_ids": torch.arange(tokens, device="meta")[None]})
+    failures = []
+    for inputs in candidates:
+        try:
+            with torch.no_grad():
+                forward(model, inputs)
+            return inputs
+        except Exception as exc:  # the next form, then a clear error with every reason
+            failures.append(f"{'+'.join(inputs)}: {type(exc).__name__}: {str(exc)[:120]}")
+    raise UnsupportedModelError(f"{type(model).__name__} does not run on the meta device with token inputs "
+                                f"({'; '.join(failures)}), so it cannot be planned without its weights")
 
 
 def _forward_without_cache(model: nn.Module) -> Any:
@@ -265,7 +290,7 @@ def prune_checkpoint(src: str, dst: str, ratio: float = 0.3, importance: Any = "
     ignored += [named[n] for n in ignored_layers]
     batches = _batches(calibration, src, batch_size, max_length)
     forward = _forward_without_cache(model)
-    inputs = _meta_inputs(dtype)
+    inputs = _meta_inputs(model, dtype, forward)
     pruner = BasePruner(model, inputs, importance=importance, pruning_ratio=ratio, global_pruning=global_pruning,
                         prune_num_heads=heads, head_pruning_ratio=ratio if head_ratio is None else head_ratio,
                         ignored_layers=ignored, calibration=batches, compensation=compensation, forward_fn=forward,
