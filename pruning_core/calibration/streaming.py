@@ -172,7 +172,6 @@ class StreamingPrune:
         self.chain = find_chain(pruner.model, self.blocks, run_meta)
         self.cache = HiddenCache(max_memory, os.path.join(workdir, "hidden"))
         self.calls: List[List[Tuple[Tuple, Dict[str, Any]]]] = []
-        self.passes = 0
         self.peak = peak_rss()
         self.calibrated = self.calibrator.batches is not None  # else blocks are scored from weights alone
 
@@ -233,6 +232,8 @@ class StreamingPrune:
     def run(self, progress: bool = True) -> List[Tuple[Any, List[int]]]:
         """Prune every block; returns what was removed, as ``step()`` plans it."""
         pruner = self.pruner
+        if pruner.options.iterative_steps != 1 or pruner.current_step != 0:
+            raise ConfigurationError("streaming prunes in one step: pass iterative_steps=1 to a fresh pruner")
         walk = SequentialWalk(self.calibrator, self.blocks)
         groups = [g for g in pruner.groups if g.current > 0]
         homes = {id(g): walk.home(g) for g in groups}
@@ -261,6 +262,10 @@ class StreamingPrune:
             with pruner.DG.transaction(step=True):
                 done = self._prune_pass(ranked, fixed, progress)
                 pruner.DG.end_step()
+                # Every block is back on the meta device: the whole pruned model runs there in milliseconds.
+                failure = pruner.DG.verify() if pruner.options.validate else None
+                if failure is not None:
+                    raise PruneFailedError(f"the pruned model fails on the example inputs ({failure})")
         except BaseException:
             pruner.current_step -= 1
             raise
@@ -269,7 +274,6 @@ class StreamingPrune:
         return done
 
     def _bar(self, label: str, progress: bool) -> Phase:
-        self.passes += 1
         bar = Phase(label, len(self.blocks), lines=progress)
         bar.bar = bar.bar and progress
         return bar

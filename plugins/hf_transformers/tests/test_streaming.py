@@ -64,7 +64,7 @@ def in_memory(src, importance, compensation, ratio, head_ratio, global_pruning, 
     model = transformers.LlamaForCausalLM.from_pretrained(src, dtype=torch.bfloat16).eval()
     blocks = {id(m) for layer in model.model.layers for m in layer.modules()}
     outside = [m for m in model.modules() if id(m) not in blocks and not list(m.children())]
-    tp.pruner.BasePruner(model, {"input_ids": batches[0][:1]}, importance=importance, pruning_ratio=ratio,
+    tp.pruner.BasePruner(model, {"input_ids": calibration(1, 8)}, importance=importance, pruning_ratio=ratio,
                          prune_num_heads=True, head_pruning_ratio=head_ratio, global_pruning=global_pruning,
                          ignored_layers=outside, calibration=batches, compensation=compensation,
                          forward_fn=_forward_without_cache(model)).step()
@@ -92,13 +92,15 @@ def assert_same_weights(reference, streamed):
     ("wanda", None, 0.5, False),     # uniform: the stock form
     ("flap", "bias", 0.3, True),     # ranked across blocks: two passes, the plugin's form
     ("obs", "lstsq", 0.5, False),    # Gram statistics and a least-squares refit per block
+    ("l2", None, 0.5, False),        # weights only: no calibration pass at all
 ])
 def test_streamed_prune_equals_the_in_memory_prune(small_checkpoint, tmp_path, importance, compensation,
                                                    head_ratio, global_pruning):
-    batches = list(calibration().split(4))
+    data = None if importance == "l2" else calibration()
+    batches = None if data is None else list(data.split(4))
     result = pruning_core_hf.prune_checkpoint(small_checkpoint, str(tmp_path / "out"), ratio=0.3,
                                               importance=importance, compensation=compensation,
-                                              calibration=calibration(), batch_size=4, head_ratio=head_ratio,
+                                              calibration=data, batch_size=4, head_ratio=head_ratio,
                                               global_pruning=global_pruning, progress=False)
     # Blocks pruned differently, or biases compensation added: the stock config cannot describe them.
     assert result.form == ("stock" if compensation is None and not global_pruning else "pruning_core_hf"), \
