@@ -47,7 +47,7 @@ _LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing",
 # Every submodule, reachable as an attribute of the package once it is imported (a test checks the list).
 _SUBMODULES = frozenset(_LAZY_SUBMODULES + (
     "builtin", "calibration", "calling", "cli", "compensation", "errors", "functional", "graph", "hookspecs", "layer_handler",
-    "lineage", "records", "_gc", "_hooktrace", "_plugins", "_registry", "_version"))
+    "lineage", "records", "_gc", "_hint_memo", "_hooktrace", "_plugins", "_registry", "_version"))
 
 
 def __getattr__(name: str) -> Any:

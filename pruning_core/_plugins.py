@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pluggy
 
 from . import hookspecs
+from ._hint_memo import hint_records
 from ._hooktrace import trace_after, trace_before
 from ._registry import Registry
 from .errors import PluginConflictError, PluginError
@@ -276,6 +277,9 @@ class PluginHub:
         results = getattr(self.pm.hook, hook_name)(**kwargs)
         return [item for result in results for item in (result or ())]
 
+    def _hint_records(self, model: Any) -> List[Any]:
+        return hint_records(model, lambda: self._records("collect_structure_hints", model=model))
+
     def _cached(self, key: str, build: Callable[[], Any]) -> Any:
         with self._lock:
             if key not in self._cache:
@@ -330,7 +334,7 @@ class PluginHub:
         from .builtin.attention_fixup import layout_hints
 
         hints: List[StructureHint] = []
-        for record in self._records("collect_structure_hints", model=model):
+        for record in self._hint_records(model):
             if isinstance(record, AttentionLayout):
                 hints.extend(layout_hints(record, self.out_channels))
             elif isinstance(record, StructureHint):
@@ -340,11 +344,11 @@ class PluginHub:
     def size_attributes(self, model: Any) -> List[Tuple[Any, str, bool]]:
         """``(module, attribute, is_count)`` for every size attribute the plugins declare for ``model``."""
         return [(record.module, name, name in record.counts)
-                for record in self._records("collect_structure_hints", model=model)
+                for record in self._hint_records(model)
                 if isinstance(record, SizeAttribute) for name in record.attributes + record.counts]
 
     def attention_layouts(self, model: Any) -> List[AttentionLayout]:
-        return [r for r in self._records("collect_structure_hints", model=model) if isinstance(r, AttentionLayout)]
+        return [r for r in self._hint_records(model) if isinstance(r, AttentionLayout)]
 
     def out_channels(self, module: Any) -> Optional[int]:
         """Output channels of ``module`` as its registered handler counts them, or None without one."""

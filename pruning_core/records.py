@@ -7,7 +7,7 @@ plugin that produced it (``provider``); conflict errors use it to name both side
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .errors import PluginError
 
@@ -60,14 +60,11 @@ class LayerHandlerSpec(_Stamped):
     def __post_init__(self) -> None:
         if isinstance(self.target, str):
             if "." not in self.target or self.target.startswith(".") or self.target.endswith("."):
-                raise PluginError(
-                    f"LayerHandlerSpec target {self.target!r} is not a dotted path; "
-                    "write it as 'package.module.ClassName'"
-                )
+                raise PluginError(f"LayerHandlerSpec target {self.target!r} is not a dotted path; "
+                                  "write it as 'package.module.ClassName'")
         elif not isinstance(self.target, type):
-            raise PluginError(
-                f"LayerHandlerSpec target must be a class or a dotted path string, got {type(self.target).__name__}"
-            )
+            raise PluginError(f"LayerHandlerSpec target must be a class or a dotted path string, got "
+                              f"{type(self.target).__name__}")
         missing = [m for m in HANDLER_METHODS if not callable(getattr(self.handler, m, None))]
         if missing:
             raise PluginError(
@@ -194,6 +191,9 @@ class ModelScheme(_Stamped):
     :param prefixed: ``False`` for a scheme whose specs carry no prefix (a saved
         directory): its ``resolve`` is tried, in turn with the other unprefixed
         schemes, for specs with no known prefix, and returns ``None`` to pass.
+    :param stream: optional ``stream(spec, output, **options) -> dict`` for ``prune --low-memory``:
+        prunes the checkpoint without loading it whole and returns a JSON-friendly report
+        (options: ratio, importance, compensation, calibration, global_pruning, ignored_layers...).
     """
 
     scheme: str
@@ -201,6 +201,7 @@ class ModelScheme(_Stamped):
     description: str = ""
     resolve: Optional[Callable[[str], Any]] = None
     prefixed: bool = True
+    stream: Optional[Callable[..., Dict[str, Any]]] = None
     provider: Optional[Provider] = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -312,10 +313,8 @@ _ATTR_FIELDS = ("num_heads", "num_key_value_heads", "kv_groups", "head_dim", "wi
 class AttentionLayout(_Stamped):
     """Where an attention block keeps its heads, so the core keeps its attributes in step after pruning.
 
-    Return it from ``collect_structure_hints`` next to :class:`StructureHint`. The core derives the
-    heads of each projection from it (no ``num_heads`` argument needed) and, after every pruning,
-    sets the named attributes from the projections' current channel structure. Name the
-    projections separately (``query``, ``key``, ``value``) or as one ``fused`` projection.
+    Return it from ``collect_structure_hints``. The core derives each projection's heads from it
+    and, after every pruning, sets the named attributes from the projections' current channels.
 
     :param module: the attention block.
     :param query: child name of the query projection (with ``key`` and ``value``).

@@ -72,9 +72,26 @@ GIVEN = {
         "rewrite": _given_hf, "after": {0: "assert model.config.num_attention_heads < 8\n"
                                            "assert model.config.pruning_core == {'uniform': True}\n"}},
 }
-SLOW = {"Ultralytics YOLO (`pip install \"pruning-core[yolo]\"`)", "High-level pruners",
+def _given_checkpoint(code: str, workdir: str) -> str:
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(config).save_pretrained(os.path.join(workdir, "llama-7b"))
+    code = code.replace('"path/to/llama-7b"', repr(os.path.join(workdir, "llama-7b")))
+    return code.replace("calibration=texts,", "calibration=4,")  # the tiny checkpoint has no tokenizer
+
+
+GIVEN["Checkpoints larger than memory"] = {
+    "rewrite": _given_checkpoint,
+    "after": {0: "import transformers\n"
+                 "pruned = transformers.AutoModelForCausalLM.from_pretrained('llama-7b-pruned')\n"
+                 "assert result.form == 'stock' and pruned.config.num_attention_heads == 4\n"
+                 "assert pruned.config.intermediate_size < 128\n"}}
+SLOW = {"Checkpoints larger than memory", "Ultralytics YOLO (`pip install \"pruning-core[yolo]\"`)", "High-level pruners",
         "Hugging Face transformers (`pip install \"pruning-core[hf]\"`)"}
-NEEDS = {"Ultralytics YOLO (`pip install \"pruning-core[yolo]\"`)": "ultralytics",
+NEEDS = {"Checkpoints larger than memory": "transformers",
+         "Ultralytics YOLO (`pip install \"pruning-core[yolo]\"`)": "ultralytics",
          "Hugging Face transformers (`pip install \"pruning-core[hf]\"`)": "transformers"}
 
 

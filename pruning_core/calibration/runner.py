@@ -101,16 +101,24 @@ class Calibrator:
         return list(found.values())
 
     def collect(self, planned_groups: List[Any], label: str = "calibration",
-                stop_after: Optional[nn.Module] = None) -> CalibrationStatistics:
-        """One pass over the calibration batches, recording what ``planned_groups`` need."""
+                stop_after: Optional[nn.Module] = None, runner: Optional[Callable[[], None]] = None,
+                root: Optional[nn.Module] = None) -> CalibrationStatistics:
+        """One pass over the calibration batches, recording what ``planned_groups`` need.
+
+        ``runner`` replaces the pass over the whole model (streaming runs one block on cached
+        inputs); ``root`` is then the module it calls once per batch.
+        """
         stats = CalibrationStatistics()
         requests = self.requests(planned_groups)
         handles = []
         if stop_after is not None:
             handles.append(stop_after.register_forward_hook(_stop))
         try:
-            with stats.record(self.pruner.model, requests):
-                runs.run(self.pruner.model, self.batches, self.forward, label)
+            with stats.record(root if root is not None else self.pruner.model, requests):
+                if runner is not None:
+                    runner()
+                else:
+                    runs.run(self.pruner.model, self.batches, self.forward, label)
         finally:
             for handle in handles:
                 handle.remove()

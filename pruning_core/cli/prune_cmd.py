@@ -55,6 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--latency-budget", type=float, default=10.0, metavar="SECONDS",
                         help="time for the latency comparison (interleaved rounds; default 10)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="stream the weights from the checkpoint one block at a time instead of loading the "
+                             "model (hf: directories of safetensors; the hidden width is kept; no latency)")
+    parser.add_argument("--max-memory", default="4GB", metavar="SIZE",
+                        help="with --low-memory: calibration activations held in memory before they go to disk")
     parser.set_defaults(func=run)
 
 
@@ -162,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
     from ..utils.latency import compare_latency
 
     calib_data = check_prune_args(args)
+    if args.low_memory:
+        from .streaming import run_streaming
+
+        return run_streaming(args, calib_data)
     with phase("loading"):
         source = resolve(args.model, args.input_shape)
         check_runs(source, from_shape=bool(args.input_shape))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._gc import without_gc
+from .._hint_memo import remembering_hints
 from ..errors import ConfigurationError, PruneFailedError, PruningError, warn
 from ..graph.depgraph import DependencyGraph
 from ..calibration.runner import Calibrator
@@ -62,6 +63,10 @@ class BasePruner:
         if importance is None and self.default_importance is not None:
             importance = self.default_importance
         self.importance = resolve_importance(importance)
+        with remembering_hints():  # the plugins' hints for this model, collected once
+            self._set_up(model, example_inputs)
+
+    def _set_up(self, model: nn.Module, example_inputs: Any) -> None:
         options = self.options
         self.DG = DependencyGraph().build_dependency(
             model, example_inputs, forward_fn=options.forward_fn, output_transform=options.output_transform,

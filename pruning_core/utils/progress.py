@@ -43,6 +43,7 @@ class Phase:
         self.label = label
         self.total = total
         self.done = 0
+        self.note = ""  # shown after the counts (a peak memory, ...)
         self.bar = progress_enabled()
         self.lines = lines
         self.stream = stream or sys.stderr
@@ -74,7 +75,7 @@ class Phase:
         elapsed = time.perf_counter() - self.start
         if self.total:
             filled = int(_WIDTH * min(self.done, self.total) / self.total)
-            text = f"{self.label:<14} [{'#' * filled}{'.' * (_WIDTH - filled)}] {self.done}/{self.total} {elapsed:6.1f}s"
+            text = f"{self.label:<14} [{'#' * filled}{'.' * (_WIDTH - filled)}] {self.done}/{self.total} {elapsed:6.1f}s {self.note}"
         else:
             text = f"{self.label:<14} {'done' if final else '...':<{_WIDTH + 2}} {elapsed:6.1f}s"
         with self._lock:
@@ -93,7 +94,8 @@ class Phase:
             self.stream.flush()
         elif self.lines:
             count = f" ({self.done}/{self.total})" if self.total else ""
-            self.stream.write(f"{self.label}: {'failed after ' if failed else ''}{self.elapsed:.2f} s{count}\n")
+            note = f", {self.note}" if self.note else ""
+            self.stream.write(f"{self.label}: {'failed after ' if failed else ''}{self.elapsed:.2f} s{count}{note}\n")
             self.stream.flush()
 
 

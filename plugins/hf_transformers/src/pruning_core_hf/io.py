@@ -54,6 +54,9 @@ class SavedModel(str):
         saved.form, saved.reason = form, reason
         return saved
 
+    def __getnewargs__(self) -> tuple:  # copy and pickle (transformers deep-copies path arguments)
+        return (str(self), self.form, self.reason)
+
 
 def _original_config(model: nn.Module) -> Any:
     from .config import FULL_ORIGINAL
@@ -154,11 +157,22 @@ def _load_plugin_form(directory: str, model_class: Any, config: Any, record: Any
     from pruning_core.serialization import decode, rebuild_structure
 
     from .config import restore_state
+    from .checkpoint import config_dtype, default_dtype
 
-    model = model_class(config)
+    with default_dtype(config_dtype(config)):  # the saved precision (bf16 stays bf16), as stock from_pretrained
+        model = model_class(config)
     rebuild_structure(model, record["structure"])
-    # Files written before 0.2 hold the weights in model.safetensors under the model's own names.
-    state = load_file(os.path.join(directory, record.get("weights", "model.safetensors")))
+    # Files written before 0.2 hold the weights in model.safetensors under the model's own names;
+    # prune_checkpoint writes shards and names their index.
+    weights = os.path.join(directory, record.get("weights", "model.safetensors"))
+    if weights.endswith(".index.json"):
+        with open(weights) as handle:
+            shards = sorted(set(json.load(handle)["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_file(os.path.join(directory, shard)))
+    else:
+        state = load_file(weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     shared = {t.data_ptr() for k, t in model.state_dict().items() if k in state}
     missing = [k for k in missing if model.state_dict()[k].data_ptr() not in shared]

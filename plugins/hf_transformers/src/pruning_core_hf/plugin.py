@@ -98,7 +98,13 @@ def _resolve(spec: str) -> Any:
     return resolve(spec)
 
 
+def _stream(spec: str, output: str, **options: Any) -> Dict[str, Any]:
+    from .streaming import stream_spec
+
+    return stream_spec(spec, output, **options)
+
+
 @hookimpl
 def register_model_schemes() -> List[ModelScheme]:
     return [ModelScheme("hf", "hf:path/to/model_dir", "a transformers model saved in a local directory",
-                        resolve=_resolve)]
+                        resolve=_resolve, stream=_stream)]
