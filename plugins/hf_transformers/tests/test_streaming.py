@@ -338,3 +338,24 @@ def test_converted_checkpoints_are_refused_with_the_reason(tmp_path):
     transformers.Qwen3MoeForCausalLM(config).save_pretrained(tmp_path / "src")
     with pytest.raises(tp.SerializationError, match="transformers converts while loading"):
         pruning_core_hf.prune_checkpoint(str(tmp_path / "src"), str(tmp_path / "out"), calibration=2, progress=False)
+
+
+def test_an_error_midway_removes_the_partial_output_and_keeps_the_old_one(small_checkpoint, tmp_path, monkeypatch):
+    from pruning_core_hf import checkpoint
+
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("previous result")
+    save = checkpoint.CheckpointStore.save
+
+    def failing_save(self, index, block):
+        if index == 2:
+            raise OSError("disk full")
+        save(self, index, block)
+
+    monkeypatch.setattr(checkpoint.CheckpointStore, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        pruning_core_hf.prune_checkpoint(small_checkpoint, str(dst), calibration=calibration(), overwrite=True,
+                                         progress=False)
+    assert (dst / "keep.txt").read_text() == "previous result"
+    assert not os.path.exists(str(dst) + ".partial")

@@ -129,6 +129,16 @@ def _prepare(dst: str, overwrite: bool) -> str:
     return work
 
 
+def _move_into_place(work: str, final: str) -> None:
+    """Rename the finished directory to ``final``; an existing one is set aside first, deleted last."""
+    old = final + ".replaced"
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(work, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _meta_inputs(model: nn.Module, dtype: torch.dtype, forward: Any, tokens: int = 8) -> Dict[str, torch.Tensor]:
     """Example inputs the model runs on the meta device, found by trying the forms transformers takes.
 
@@ -298,28 +308,32 @@ def prune_checkpoint(src: str, dst: str, ratio: float = 0.3, importance: Any = "
     block_names = tuple(n + "." for n, m in model.named_modules() if id(m) in {id(b) for b in blocks})
     outside = {name: key for name, key in key_of.items() if not name.startswith(block_names)}
     outside_shards = _pack(outside, reader, parse_bytes(max_shard_size))
-    work = _prepare(dst, overwrite)
-    writer = ShardWriter(work, len(blocks) + len(outside_shards))
-    store = CheckpointStore(model, reader, writer, buffers, key_of)
-    streaming = StreamingPrune(pruner, store, forward, budget, work, run_meta=lambda: call_model(model, inputs, forward))
-    streaming.run(progress)
-    for number, names in enumerate(outside_shards, len(blocks) + 1):  # embeddings, final norm, head: as they are
-        found = reader.read(outside[n] for n in names)
-        writer.write(number, {n: found[outside[n]] for n in names})
-        del found
-    writer.write_index()
-    shutil.rmtree(os.path.join(work, "hidden"), ignore_errors=True)
-    form, reason = _write_config(model, work)
-    _copy_side_files(src, work)
-    os.remove(os.path.join(work, MARKER))
     final = os.path.abspath(dst)
-    if os.path.exists(final):  # overwrite: the old directory goes only now that the new one is complete
-        shutil.rmtree(final)
-    os.rename(work, final)
+    store = CheckpointStore(model, reader, ShardWriter(final + PARTIAL, len(blocks) + len(outside_shards)), buffers,
+                            key_of)
+    streaming = StreamingPrune(pruner, store, forward, budget, final + PARTIAL,
+                               run_meta=lambda: call_model(model, inputs, forward))  # checks the chain of blocks
+    work = _prepare(dst, overwrite)
+    try:
+        streaming.run(progress)
+        writer = store.writer
+        for number, names in enumerate(outside_shards, len(blocks) + 1):  # embeddings, final norm, head as they are
+            found = reader.read(outside[n] for n in names)
+            writer.write(number, {n: found[outside[n]] for n in names})
+            del found
+        writer.write_index()
+        shutil.rmtree(os.path.join(work, "hidden"), ignore_errors=True)
+        form, reason = _write_config(model, work)
+        _copy_side_files(src, work)
+        os.remove(os.path.join(work, MARKER))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # an error (not a kill): nothing half-written stays behind
+        raise
+    _move_into_place(work, final)
     result = StreamedModel(final, form, reason)
     result.peak_rss = max(streaming.peak, peak_rss())
-    result.input_bytes, result.output_bytes = reader.size(), writer.total
-    result.params_before, result.params_after, result.blocks = reader.parameters(), writer.params, len(blocks)
+    result.input_bytes, result.output_bytes = reader.size(), store.writer.total
+    result.params_before, result.params_after, result.blocks = reader.parameters(), store.writer.params, len(blocks)
     logger.info("%s: pruned %d blocks, %s form, peak RSS %.2f GiB", final, len(blocks), form, result.peak_rss / 2 ** 30)
     return result
 
