@@ -36,7 +36,8 @@ bench: setup
 	$(PY) benchmarks/bench_depgraph.py --output benchmarks/results/depgraph.md
 
 # Streaming prune of a LLaMA-2-7B-shaped checkpoint (13.5 GB, generated and deleted again; issue 14).
-# Needs about 30 GB of free disk and 20 GB of memory for the in-memory comparison; takes about 40 minutes.
+# Needs about 25 GB of free disk (13.5 GB in, 8.7 GB out) and 20 GB of memory for the in-memory comparison;
+# took 31 minutes on 2 shared cores (benchmarks/results/llm_memory.md).
 bench-llm: setup
 	$(PIP) install -q -e ".[bench]"
 	$(PY) benchmarks/bench_llm.py --output benchmarks/results/llm_memory.md
