@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Tuple, Union
 
 import torch
 from torch import nn
@@ -229,13 +229,10 @@ class StreamingPrune:
         self.peak = max(self.peak, peak_rss())
 
     # -- the step ---------------------------------------------------------------------------------
-    def run(self, progress: bool = True) -> List[Tuple[Any, List[int]]]:
-        """Prune every block; returns what was removed, as ``step()`` plans it."""
-        pruner = self.pruner
-        if pruner.options.iterative_steps != 1 or pruner.current_step != 0:
-            raise ConfigurationError("streaming prunes in one step: pass iterative_steps=1 to a fresh pruner")
+    def _plan_homes(self) -> Tuple[List[Any], Dict[int, Optional[int]], List[Any]]:
+        """The groups to prune, the block each lives in, and those ranked across blocks."""
         walk = SequentialWalk(self.calibrator, self.blocks)
-        groups = [g for g in pruner.groups if g.current > 0]
+        groups = [g for g in self.pruner.groups if g.current > 0]
         homes = {id(g): walk.home(g) for g in groups}
         spanning = [g.root.describe() for g in groups if homes[id(g)] is None]
         if spanning:
@@ -246,6 +243,27 @@ class StreamingPrune:
         for group in groups:
             scopes.setdefault(group.scope, []).append(group)
         shared = [g for members in scopes.values() if len({homes[id(m)] for m in members}) > 1 for g in members]
+        return groups, homes, shared
+
+    @property
+    def two_passes(self) -> bool:
+        """Whether some groups are ranked across blocks (a scoring pass comes first)."""
+        return bool(self._plan_homes()[2])
+
+    def run(self, progress: bool = True, start: int = 0, hidden: Optional[Iterable[torch.Tensor]] = None,
+            on_block: Optional[Callable[[int], None]] = None) -> List[Tuple[Any, List[int]]]:
+        """Prune every block; returns what was removed, as ``step()`` plans it.
+
+        To resume, ``start`` skips the blocks already written (their pruning replayed on the
+        skeleton by the caller) and ``hidden`` gives each batch's input to block ``start``;
+        ``on_block(i)`` is called once block ``i`` is written.
+        """
+        pruner = self.pruner
+        if pruner.options.iterative_steps != 1 or pruner.current_step != 0:
+            raise ConfigurationError("streaming prunes in one step: pass iterative_steps=1 to a fresh pruner")
+        groups, homes, shared = self._plan_homes()
+        if start and shared:
+            raise ConfigurationError("a run that ranks channels across blocks cannot resume; start it again")
         shared_ids = {id(g) for g in shared}
         ranked: Dict[int, List[Any]] = {}
         for group in groups:
@@ -260,7 +278,7 @@ class StreamingPrune:
                     if idxs:
                         fixed.setdefault(homes[id(planned)], []).append((planned, idxs))
             with pruner.DG.transaction(step=True):
-                done = self._prune_pass(ranked, fixed, progress)
+                done = self._prune_pass(ranked, fixed, progress, start, hidden, on_block)
                 pruner.DG.end_step()
                 # Every block is back on the meta device: the whole pruned model runs there in milliseconds.
                 failure = pruner.DG.verify() if pruner.options.validate else None
@@ -272,6 +290,11 @@ class StreamingPrune:
         finally:
             self.cache.clear()
         return done
+
+    def hidden_states(self) -> Iterator[torch.Tensor]:
+        """Each calibration batch's current hidden state (the input of the next block to run), in order."""
+        for index in range(len(self.calls[0]) if self.calls else 0):
+            yield self.cache.get(index)
 
     def _bar(self, label: str, progress: bool) -> Phase:
         bar = Phase(label, len(self.blocks), lines=progress)
@@ -307,11 +330,22 @@ class StreamingPrune:
         return lambda planned: scores[id(planned)]
 
     def _prune_pass(self, ranked: Dict[int, List[Any]], fixed: Dict[int, List[Tuple[Any, List[int]]]],
-                    progress: bool) -> List[Tuple[Any, List[int]]]:
+                    progress: bool, start: int, hidden: Optional[Iterable[torch.Tensor]],
+                    on_block: Optional[Callable[[int], None]]) -> List[Tuple[Any, List[int]]]:
         pruner, done = self.pruner, []
         self.capture()
+        if start and self.calibrated:
+            count = 0
+            for count, tensor in enumerate(hidden or (), 1):  # one at a time, so the cache can spill them
+                self.cache.put(count - 1, tensor)
+            if count != len(self.calls[0]):
+                raise ConfigurationError(f"resuming at block {start} needs the hidden state of each of the "
+                                         f"{len(self.calls[0])} calibration batches, not {count}")
         with self._bar("pruning", progress) as bar:
+            bar.advance(start)
             for index, block in enumerate(self.blocks):
+                if index < start:
+                    continue
                 self.store.load(index, block)
                 mine, chosen = ranked.get(index, []), fixed.get(index, [])
                 if (mine or chosen) and self.calibrated:
@@ -334,6 +368,8 @@ class StreamingPrune:
                 self.store.save(index, block)
                 self.store.release(index, block)
                 done.extend(plan)
+                if on_block is not None:
+                    on_block(index)
                 self._note(bar)
         return done
 

@@ -15,6 +15,8 @@ import glob
 import json
 import math
 import os
+import shutil
+import struct
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
@@ -25,6 +27,11 @@ from pruning_core import SerializationError
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.bin", "*.pt", "*.pth", "*.ckpt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                torch.bool: "BOOL"}
 
 
 class CheckpointReader:
@@ -57,6 +64,7 @@ class CheckpointReader:
         self.files: Dict[str, str] = {}
         self.shapes: Dict[str, Tuple[int, ...]] = {}
         self.dtypes: Dict[str, str] = {}
+        self.spans: Dict[str, Tuple[str, int, int]] = {}  # name -> (shard, first byte, end) of its data
         shards = sorted(set(weight_map.values())) if weight_map is not None else [SINGLE]
         for shard in shards:
             path = os.path.join(directory, shard)
@@ -71,6 +79,7 @@ class CheckpointReader:
                         self.files[name] = shard
                         self.shapes[name] = tuple(piece.get_shape())
                         self.dtypes[name] = piece.get_dtype()
+                self.spans.update(_spans(path, shard))
             except SerializationError:
                 raise
             except Exception as exc:
@@ -109,6 +118,16 @@ class CheckpointReader:
         return found
 
 
+def _spans(path: str, shard: str) -> Dict[str, Tuple[str, int, int]]:
+    """Where each tensor's bytes lie in a safetensors file (its header, read as the format defines it)."""
+    with open(path, "rb") as handle:
+        length = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(length))
+    start = 8 + length
+    return {name: (shard, start + entry["data_offsets"][0], start + entry["data_offsets"][1])
+            for name, entry in header.items() if name != "__metadata__"}
+
+
 class ShardWriter:
     """Writes numbered shards (``model-00001-of-000NN.safetensors``) and their index."""
 
@@ -119,21 +138,98 @@ class ShardWriter:
         self.total = 0
         self.params = 0
 
-    def write(self, number: int, tensors: Dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
+    def filename(self, number: int) -> str:
+        return f"model-{number:05d}-of-{self.count:05d}.safetensors"
 
-        name = f"model-{number:05d}-of-{self.count:05d}.safetensors"
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, os.path.join(self.directory, name),
-                  metadata={"format": "pt"})
-        for key, tensor in tensors.items():
+    def adopt(self, written: Dict[str, Tuple[str, torch.Tensor]]) -> None:
+        """Count tensors an earlier (resumed) run wrote: ``{name: (file, tensor or meta tensor)}``."""
+        for key, (name, tensor) in written.items():
             self.weight_map[key] = name
             self.total += tensor.numel() * tensor.element_size()
             self.params += tensor.numel()
+
+    def write(self, number: int, tensors: Dict[str, torch.Tensor]) -> None:
+        """One shard of in-memory tensors, written from their own memory (no serialized copy)."""
+        parts = {key: tensor.detach().contiguous() for key, tensor in tensors.items()}
+        unknown = sorted(key for key, tensor in parts.items() if tensor.dtype not in _DTYPE_NAMES)
+        if unknown:
+            raise SerializationError(f"cannot write {unknown[0]!r} ({parts[unknown[0]].dtype}) to safetensors here; "
+                                     f"cast the model to float32, float16 or bfloat16 first")
+        entries = [(key, _DTYPE_NAMES[t.dtype], list(t.shape), t.numel() * t.element_size()) for key, t in parts.items()]
+
+        def data(handle: Any) -> None:
+            for tensor in parts.values():
+                if tensor.numel():
+                    handle.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        self._emit(number, entries, data)
+
+    def copy(self, number: int, reader: CheckpointReader, names: Dict[str, str]) -> None:
+        """One shard of tensors copied byte for byte from the checkpoint (``{name here: name there}``)."""
+        entries = []
+        for key, source in names.items():
+            _, begin, end = reader.spans[source]
+            entries.append((key, reader.dtypes[source], list(reader.shapes[source]), end - begin))
+
+        def data(handle: Any) -> None:
+            for source in names.values():
+                shard, begin, end = reader.spans[source]
+                with open(os.path.join(reader.directory, shard), "rb") as original:
+                    original.seek(begin)
+                    left = end - begin
+                    while left:
+                        chunk = original.read(min(left, 1 << 24))
+                        handle.write(chunk)
+                        left -= len(chunk)
+        self._emit(number, entries, data)
+
+    def _emit(self, number: int, entries: List[Tuple[str, str, List[int], int]], data: Any) -> None:
+        """The safetensors layout: header length (8 bytes, little-endian), JSON header, then the data."""
+        header: Dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for key, dtype, shape, nbytes in entries:
+            header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        name = self.filename(number)
+        with open(os.path.join(self.directory, name), "wb") as handle:
+            handle.write(struct.pack("<Q", len(raw)))
+            handle.write(raw)
+            data(handle)
+        for key, _, shape, nbytes in entries:
+            self.weight_map[key] = name
+            self.total += nbytes
+            self.params += math.prod(shape)
 
     def write_index(self) -> None:
         with open(os.path.join(self.directory, INDEX), "w") as handle:
             json.dump({"metadata": {"total_size": self.total}, "weight_map": dict(sorted(self.weight_map.items()))},
                       handle, indent=2)
+
+
+def pack(names: Dict[str, str], reader: CheckpointReader, limit: int) -> List[List[str]]:
+    """Model names in shards of at most ``limit`` bytes (a larger tensor gets a shard of its own)."""
+    shards: List[List[str]] = []
+    size = 0
+    for name, key in names.items():
+        shape, dtype = reader.shapes[key], DTYPES.get(reader.dtypes[key], torch.float32)
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if not shards or (size + nbytes > limit and shards[-1]):
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def copy_side_files(src: str, work: str, also_skip: Iterable[str] = ()) -> None:
+    """Tokenizer, generation config and other small files; never weights, indexes or the config."""
+    skip = {"config.json", INDEX, *also_skip}
+    for name in sorted(os.listdir(src)):
+        path = os.path.join(src, name)
+        if os.path.isfile(path) and name not in skip and not name.endswith(WEIGHT_SUFFIXES) \
+                and not name.endswith(".index.json"):
+            shutil.copy2(path, os.path.join(work, name))
 
 
 @contextlib.contextmanager
@@ -245,4 +341,4 @@ class CheckpointStore:
         self._empty(block, recurse=True)
 
 
-__all__ = ["CheckpointReader", "ShardWriter", "CheckpointStore", "parameters_on_meta", "INDEX", "config_dtype", "default_dtype"]
+__all__ = ["CheckpointReader", "ShardWriter", "CheckpointStore", "parameters_on_meta", "INDEX", "DTYPES", "pack", "copy_side_files", "config_dtype", "default_dtype"]

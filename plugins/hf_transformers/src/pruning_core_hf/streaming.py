@@ -13,26 +13,25 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import logging
 import os
 import shutil
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from pruning_core import ConfigurationError, SerializationError, UnsupportedModelError
 
-from .checkpoint import INDEX, CheckpointReader, CheckpointStore, ShardWriter, default_dtype, parameters_on_meta
+from .checkpoint import (DTYPES, INDEX, CheckpointReader, CheckpointStore, ShardWriter, copy_side_files, default_dtype,
+                         pack, parameters_on_meta)
+from . import resume
 from .io import PLUGIN, RECORD, STOCK, SavedModel
 
 MARKER = "PRUNING_INCOMPLETE.txt"
 PARTIAL = ".partial"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 logger = logging.getLogger("pruning_core_hf")
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 class StreamedModel(SavedModel):
@@ -65,9 +64,9 @@ def _model_class(config: Any) -> Any:
 def _checkpoint_dtype(reader: CheckpointReader) -> torch.dtype:
     counts: Dict[str, int] = {}
     for name, dtype in reader.dtypes.items():
-        if dtype in _DTYPES:
+        if dtype in DTYPES:
             counts[dtype] = counts.get(dtype, 0) + 1
-    return _DTYPES[max(counts, key=counts.get)] if counts else torch.float32
+    return DTYPES[max(counts, key=counts.get)] if counts else torch.float32
 
 
 def _match_keys(model: nn.Module, reader: CheckpointReader) -> Dict[str, str]:
@@ -111,8 +110,9 @@ def _match_keys(model: nn.Module, reader: CheckpointReader) -> Dict[str, str]:
     return key_of
 
 
-def _prepare(dst: str, overwrite: bool) -> str:
-    """The work directory ``dst + '.partial'``, empty; a killed run's leftovers are removed (restart)."""
+def _prepare(dst: str, overwrite: bool, print_: Optional[str]) -> Tuple[str, Optional[Dict[str, Any]]]:
+    """The work directory ``dst + '.partial'`` and, when an interrupted run with the same inputs and
+    options left one, its progress (to resume); other leftovers are removed (start over)."""
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and not overwrite:
         raise ConfigurationError(f"{dst} already exists; choose a new directory or pass overwrite=True")
@@ -120,13 +120,17 @@ def _prepare(dst: str, overwrite: bool) -> str:
     if os.path.exists(work):
         if not os.path.isfile(os.path.join(work, MARKER)):
             raise ConfigurationError(f"{work} exists and was not written by prune_checkpoint; move it away")
-        logger.warning("%s: removing an interrupted run's files and starting again", work)
+        state = resume.read(work, print_)
+        if state is not None:
+            logger.warning("%s: resuming an interrupted run after its block %d", work, state["done"])
+            return work, state
+        logger.warning("%s: removing an interrupted run's files (other inputs or options) and starting again", work)
         shutil.rmtree(work)
     os.makedirs(work)
     with open(os.path.join(work, MARKER), "w") as handle:
-        handle.write("pruning_core_hf.prune_checkpoint is writing this directory (or was killed while it did).\n"
-                     f"It is not a model. The finished model appears as {dst}; rerun to start again.\n")
-    return work
+        handle.write("pruning_core_hf.prune_checkpoint is writing this directory (or was stopped while it did).\n"
+                     f"It is not a model. The finished model appears as {dst}; rerun the same call to resume.\n")
+    return work, None
 
 
 def _move_into_place(work: str, final: str) -> None:
@@ -213,31 +217,6 @@ def _batches(calibration: Any, directory: str, batch_size: int, max_length: int)
     return list(reiterable(calibration))
 
 
-def _copy_side_files(src: str, work: str) -> None:
-    """Tokenizer, generation config and other small files; never weights, indexes or the config."""
-    skip = {"config.json", INDEX, RECORD, MARKER}
-    for name in sorted(os.listdir(src)):
-        path = os.path.join(src, name)
-        if os.path.isfile(path) and name not in skip and not name.endswith(WEIGHT_SUFFIXES) \
-                and not name.endswith(".index.json"):
-            shutil.copy2(path, os.path.join(work, name))
-
-
-def _pack(names: Dict[str, str], reader: CheckpointReader, limit: int) -> List[List[str]]:
-    """Model names in shards of at most ``limit`` bytes (a larger tensor gets a shard of its own)."""
-    shards: List[List[str]] = []
-    size = 0
-    for name, key in names.items():
-        shape, dtype = reader.shapes[key], _DTYPES.get(reader.dtypes[key], torch.float32)
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if not shards or (size + nbytes > limit and shards[-1]):
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    return shards
-
-
 def prune_checkpoint(src: str, dst: str, ratio: float = 0.3, importance: Any = "wanda",
                      compensation: Optional[str] = None, calibration: Any = None, *, heads: bool = True,
                      head_ratio: Optional[float] = None, global_pruning: bool = False,
@@ -307,27 +286,42 @@ def prune_checkpoint(src: str, dst: str, ratio: float = 0.3, importance: Any = "
                         **pruner_kwargs)
     block_names = tuple(n + "." for n, m in model.named_modules() if id(m) in {id(b) for b in blocks})
     outside = {name: key for name, key in key_of.items() if not name.startswith(block_names)}
-    outside_shards = _pack(outside, reader, parse_bytes(max_shard_size))
+    outside_shards = pack(outside, reader, parse_bytes(max_shard_size))
     final = os.path.abspath(dst)
     store = CheckpointStore(model, reader, ShardWriter(final + PARTIAL, len(blocks) + len(outside_shards)), buffers,
                             key_of)
     streaming = StreamingPrune(pruner, store, forward, budget, final + PARTIAL,
                                run_meta=lambda: call_model(model, inputs, forward))  # checks the chain of blocks
-    work = _prepare(dst, overwrite)
+    options = dict(ratio=ratio, importance=importance, compensation=compensation, heads=heads, head_ratio=head_ratio,
+                   global_pruning=global_pruning, ignored_layers=list(ignored_layers), batch_size=batch_size,
+                   max_length=max_length, **pruner_kwargs)
+    print_ = None if streaming.two_passes else resume.fingerprint(src, options, batches)
+    work, state = _prepare(dst, overwrite, print_)
+    start, hidden = 0, None
+    if state is not None:
+        pruner.DG.replay(state["history"])  # the written blocks' pruning, on the skeleton
+        start = state["done"]
+        store.writer.adopt(resume.restore_blocks(model, work, [store.writer.filename(i + 1) for i in range(start)]))
+        hidden = resume.hidden_states(work, state) if batches is not None else None
+
+    def record(index: int) -> None:  # after each block: what a rerun needs to resume here
+        if print_ is not None:
+            resume.write(work, print_, index + 1, pruner.DG.pruning_history(), streaming.hidden_states())
+
     try:
-        streaming.run(progress)
+        streaming.run(progress, start=start, hidden=hidden, on_block=record)
         writer = store.writer
         for number, names in enumerate(outside_shards, len(blocks) + 1):  # embeddings, final norm, head as they are
-            found = reader.read(outside[n] for n in names)
-            writer.write(number, {n: found[outside[n]] for n in names})
-            del found
+            writer.copy(number, reader, {n: outside[n] for n in names})
         writer.write_index()
+        resume.clean(work)
         shutil.rmtree(os.path.join(work, "hidden"), ignore_errors=True)
         form, reason = _write_config(model, work)
-        _copy_side_files(src, work)
+        copy_side_files(src, work, (RECORD, MARKER))
         os.remove(os.path.join(work, MARKER))
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)  # an error (not a kill): nothing half-written stays behind
+        if not os.path.isfile(os.path.join(work, resume.PROGRESS)):
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: nothing half-written stays behind
         raise
     _move_into_place(work, final)
     result = StreamedModel(final, form, reason)
