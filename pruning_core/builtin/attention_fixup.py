@@ -57,9 +57,16 @@ def layout_hints(layout: AttentionLayout, out_channels: Callable[[Any], Optional
         return _stamped(hints, layout)
     projection = _child(module, layout.fused)
     width, parts = out_channels(projection), layout.parts
-    heads = _first_int(module, layout.num_heads)
+    heads, kv_heads = _counts(layout, module)
     if width is None:
         return []
+    if heads and kv_heads and kv_heads < heads and size and parts == 3 and width == (heads + 2 * kv_heads) * size:
+        # [q | k | v] with fewer key/value heads. A removable unit is a key/value group: its key and
+        # value head and its query heads (``width / kv_heads`` channels in all). With one key/value
+        # head (multi-query attention) removing it would remove every head: the query heads are the units.
+        hint = StructureHint(module=projection, num_heads=heads, head_dim=size, **flags) if kv_heads == 1 else \
+            StructureHint(module=projection, num_heads=kv_heads, head_dim=width // kv_heads, **flags)
+        return _stamped([hint], layout)
     if heads is None and size:
         heads = max(1, width // parts // size)
     if size is None and heads:
@@ -67,6 +74,20 @@ def layout_hints(layout: AttentionLayout, out_channels: Callable[[Any], Optional
     if not heads or not size or width != parts * heads * size:
         return []
     return _stamped([StructureHint(module=projection, num_heads=heads, head_dim=size, **flags)], layout)
+
+
+def _counts(layout: AttentionLayout, module: Any, read: Callable[..., Any] = getattr
+            ) -> Tuple[Optional[int], Optional[int]]:
+    """(heads, key/value heads) from the attributes ``layout`` names; either may come from the other and
+    the queries per key/value head."""
+    heads = _first_int(module, layout.num_heads, read)
+    kv_heads = _first_int(module, layout.num_key_value_heads, read)
+    groups = _first_int(module, layout.kv_groups, read)
+    if heads is None and kv_heads and groups:
+        heads = kv_heads * groups
+    if kv_heads is None and heads and groups and heads % groups == 0:
+        kv_heads = heads // groups
+    return heads, kv_heads
 
 
 def _stamped(hints: List[StructureHint], layout: AttentionLayout) -> List[StructureHint]:
@@ -115,6 +136,10 @@ def current_heads(layout: AttentionLayout, name: str, module: Any, graph: Any,
         heads, size = _split(query, limit)
         return heads, size, _split(key, limit)[0]
     parts = layout.parts
+    heads, kv_heads = _counts(layout, module, original_attr)
+    if heads and kv_heads and kv_heads < heads and parts == 3 and layout.fused:
+        return _grouped_heads(graph, prefix + layout.fused, out_channels(_child(module, layout.fused)), limit,
+                              kv_heads)
     factors = _structure(graph, (prefix + layout.fused) if layout.fused else name)
     if parts > 1 and factors and len(factors) > 2 and factors[0] == parts:
         heads, size = _split(factors[1:], limit)
@@ -130,6 +155,32 @@ def current_heads(layout: AttentionLayout, name: str, module: Any, graph: Any,
     if heads is None or width is None or width % (parts * heads):
         return None
     return heads, width // (parts * heads), heads
+
+
+def _grouped_heads(graph: Any, name: str, width: Optional[int], limit: Optional[int],
+                   original_kv: int) -> Optional[Tuple[int, int, int]]:
+    """(heads, head size, key/value heads) of a fused ``[q | k | v]`` projection with fewer key/value heads.
+
+    Cut apart by slices or a split, its parts are ``[q]``, ``[kv_heads, .., size]`` and ``[v]``; viewed
+    as one tensor they are ``[kv_heads, queries + 2, size]`` (per group) or, with one key/value head,
+    ``[heads + 2, size]``. The query heads are what is left of the width after the keys and values.
+    """
+    if graph is None or width is None:
+        return None
+    try:
+        parts = [list(p) for p in graph.channel_parts(name)]
+    except PruningError:
+        return None
+    if len(parts) == 3 and all(parts):
+        kv_heads, size = _split(parts[1], limit)
+    elif len(parts) == 1 and parts[0]:
+        size = _split(parts[0], limit)[1]
+        kv_heads = 1 if original_kv == 1 else parts[0][0]
+    else:
+        return None
+    if width % size or width // size <= 2 * kv_heads:
+        return None
+    return width // size - 2 * kv_heads, size, kv_heads
 
 
 def _original_rows(projection: Any, width: int) -> Optional[int]:

@@ -10,13 +10,14 @@ linear children include either
   key and value alike), or
 * one fused projection whose width is three equal parts of whole heads (q, k
   and v side by side as in GPT-2, or interleaved per head as in BLOOM and
-  GPT-NeoX).
+  GPT-NeoX), or ``heads + 2 x kv_heads`` heads when the block holds fewer
+  key/value heads (grouped-query or multi-query attention, read from its
+  key/value head count or its queries per key/value head).
 
 The plugin only says where heads and their attributes are; pruning_core derives
 each projection's heads from the traced reshape and updates the attributes.
-Blocks that hold heads but whose projections cannot be placed (a fused
-projection with fewer key/value heads, low-rank projections) are reported by
-:func:`unplaced`.
+Blocks that hold heads but whose projections cannot be placed (low-rank
+projections) are reported by :func:`unplaced`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pruning_core.graph.record import original_attr, original_shape
 # Config-name table: attribute names transformers uses for a block's head size, head count and widths.
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "head_size", "key_value_proj_dim", "dim_per_head")
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
-KV_HEAD_ATTRS = ("num_key_value_heads", "num_kv_heads")
+KV_HEAD_ATTRS = ("num_key_value_heads", "num_kv_heads", "kv_heads")
 # Attributes holding heads x head size: BERT's all_head_size, T5's inner_dim, GPT-2's split_size and embed_dim.
 WIDTH_ATTRS = ("all_head_size", "inner_dim", "split_size", "embed_dim")
 SCALE_ATTRS = ("scaling", "scale", "inv_norm_factor")
@@ -95,13 +96,36 @@ def _projections(module: nn.Module, before: bool) -> Optional[Dict[str, Any]]:
         if qw[0] == kw[0] == vw[0] and kw[1] == vw[1] and qw[1] % size == 0 and kw[1] % size == 0 \
                 and qw[1] >= kw[1]:
             return {"q": q, "k": k, "v": v, "names": (qn, kn, vn)}
-    heads = _int(module, HEAD_COUNT_ATTRS, before)
+    heads, kv = head_counts(module, before)
     widest = max((w[0] for _, _, w in linear), default=0)  # a fused projection reads the block's input
     for name, child, (width_in, out) in linear:
-        if width_in == widest and out % (3 * size) == 0 and (heads is None or out == 3 * heads * size) and \
-                not getattr(module, "is_cross_attention", False):
+        if width_in != widest or getattr(module, "is_cross_attention", False):
+            continue
+        if out % (3 * size) == 0 and (heads is None or out == 3 * heads * size):
             return {"fused": child, "name": name}
+        if heads and kv and kv < heads and out == (heads + 2 * kv) * size:  # [q | k | v], fewer k/v heads
+            return {"fused": child, "name": name, "kv_heads": kv}
     return None
+
+
+def head_counts(module: nn.Module, before: bool = False) -> Tuple[Optional[int], Optional[int]]:
+    """(query heads, key/value heads) from the block's attributes: a count, or the other count and the
+    queries per key/value head (Phi-3 keeps no query head count on the block)."""
+    heads, kv = _int(module, HEAD_COUNT_ATTRS, before), _int(module, KV_HEAD_ATTRS, before)
+    groups = _int(module, ("num_key_value_groups",), before)
+    if heads is None and kv and groups:
+        heads = kv * groups
+    if kv is None and heads and groups and heads % groups == 0:
+        kv = heads // groups
+    return heads, kv
+
+
+def fused_heads(module: nn.Module, width: int, size: int) -> Tuple[int, int]:
+    """(heads, key/value heads) of a fused q/k/v projection ``width`` wide, with heads of ``size``."""
+    heads, kv = head_counts(module)
+    if heads and kv and kv < heads and (heads + 2 * kv) * size == width:
+        return heads, kv
+    return width // 3 // size, width // 3 // size
 
 
 def unplaced(model: nn.Module) -> List[str]:
@@ -134,13 +158,16 @@ def layout(module: nn.Module, prunable_head_dims: Optional[bool] = None) -> Opti
     scale = next((a for a in SCALE_ATTRS if isinstance(vars(module).get(a), float) and size and
                   abs(original_attr(module, a) * size ** 0.5 - 1) < 1e-6), None)
     names = {"num_heads": tuple(a for a in HEAD_COUNT_ATTRS if a in ints),
-             "num_key_value_heads": tuple(a for a in KV_HEAD_ATTRS if a in ints and not fused),
+             # a fused projection's key/value heads: as many as its heads, or fewer (then they are declared)
+             "num_key_value_heads": tuple(a for a in KV_HEAD_ATTRS if a in ints),
              "head_dim": tuple(a for a in HEAD_SIZE_ATTRS if _int(module, (a,)) is not None),
              "kv_groups": tuple(a for a in ("num_key_value_groups",) if a in ints),
              # all_head_size / inner_dim where they exist; GPT-2's split_size and embed_dim with its fused c_attn
              "width": tuple(a for a in WIDTH_ATTRS if a in ints and (a in ("all_head_size", "inner_dim") or fused)),
              "scale": scale}
     if fused:
+        if "kv_heads" in parts:  # [q | k | v] of unequal parts: key/value widths (GPTBigCode's kv_dim) stay whole
+            prunable_head_dims = False
         return AttentionLayout(module, fused=parts["name"], parts=3, prunable_head_dims=prunable_head_dims,
                                **names)
     query, key, value = parts["names"]
