@@ -161,7 +161,7 @@ def _grouped_heads(graph: Any, name: str, width: Optional[int], limit: Optional[
                    original_kv: int) -> Optional[Tuple[int, int, int]]:
     """(heads, head size, key/value heads) of a fused ``[q | k | v]`` projection with fewer key/value heads.
 
-    Cut apart by slices or a split, its parts are ``[q]``, ``[kv_heads, .., size]`` and ``[v]``; viewed
+    Cut apart by slices or a split, its first part is ``[heads.., size]`` (the queries); viewed
     as one tensor they are ``[kv_heads, queries + 2, size]`` (per group) or, with one key/value head,
     ``[heads + 2, size]``. The query heads are what is left of the width after the keys and values.
     """
@@ -171,13 +171,16 @@ def _grouped_heads(graph: Any, name: str, width: Optional[int], limit: Optional[
         parts = [list(p) for p in graph.channel_parts(name)]
     except PruningError:
         return None
-    if len(parts) == 3 and all(parts):
-        kv_heads, size = _split(parts[1], limit)
-    elif len(parts) == 1 and parts[0]:
-        size = _split(parts[0], limit)[1]
-        kv_heads = 1 if original_kv == 1 else parts[0][0]
-    else:
+    if len(parts) > 1 and parts[0]:  # the query part comes first (a single key head may join the list flat)
+        heads, size = _split(parts[0], limit)
+        rest = width - heads * size
+        if rest <= 0 or rest % (2 * size):
+            return None
+        return heads, size, rest // (2 * size)
+    if len(parts) != 1 or not parts[0]:
         return None
+    size = _split(parts[0], limit)[1]
+    kv_heads = 1 if original_kv == 1 else parts[0][0]
     if width % size or width // size <= 2 * kv_heads:
         return None
     return width // size - 2 * kv_heads, size, kv_heads
