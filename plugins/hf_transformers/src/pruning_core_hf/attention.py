@@ -22,6 +22,7 @@ projections) are reported by :func:`unplaced`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
@@ -97,13 +98,14 @@ def _projections(module: nn.Module, before: bool) -> Optional[Dict[str, Any]]:
                 and qw[1] >= kw[1]:
             return {"q": q, "k": k, "v": v, "names": (qn, kn, vn)}
     heads, kv = head_counts(module, before)
+    explicit = _int(module, HEAD_SIZE_ATTRS, before) is not None  # unequal parts need a declared head size
     widest = max((w[0] for _, _, w in linear), default=0)  # a fused projection reads the block's input
     for name, child, (width_in, out) in linear:
         if width_in != widest or getattr(module, "is_cross_attention", False):
             continue
         if out % (3 * size) == 0 and (heads is None or out == 3 * heads * size):
             return {"fused": child, "name": name}
-        if heads and kv and kv < heads and out == (heads + 2 * kv) * size:  # [q | k | v], fewer k/v heads
+        if heads and kv and kv < heads and out == (heads + 2 * kv) * size and explicit:  # [q | k | v], fewer kv
             return {"fused": child, "name": name, "kv_heads": kv}
     return None
 
@@ -139,13 +141,30 @@ def unplaced(model: nn.Module) -> List[str]:
     return found
 
 
+# Config-name table: the argument an attention block's forward takes ALiBi biases by, and the config flag
+# that turns them off (Falcon's ``alibi``; BLOOM has no flag: always on).
+ALIBI_ARG, ALIBI_FLAG = "alibi", "alibi"
+
+
+def alibi(module: nn.Module, config: Any) -> bool:
+    """Whether the block adds ALiBi biases: their slopes are computed in the model's forward from the head
+    count alone (head i of n gets ``2 ** (-8 (i + 1) / n)``), so the heads kept after pruning would get
+    the slopes of other positions and the function would change. Its heads are therefore kept."""
+    try:
+        takes = ALIBI_ARG in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return takes and getattr(config, ALIBI_FLAG, True) is not False
+
+
 def rotary(config: Any) -> bool:
     """Rotary position embeddings tie head dims to frequencies rebuilt from the config on load."""
     return any(getattr(config, attr, None) is not None for attr in ("rope_parameters", "rope_theta", "rope_scaling")) \
         or getattr(config, "position_embedding_type", None) == "rotary"
 
 
-def layout(module: nn.Module, prunable_head_dims: Optional[bool] = None) -> Optional[AttentionLayout]:
+def layout(module: nn.Module, prunable_head_dims: Optional[bool] = None,
+           prunable_heads: Optional[bool] = None) -> Optional[AttentionLayout]:
     """Where ``module`` keeps its heads, if it is an attention block; the core does the arithmetic."""
     parts = projections(module)
     if parts is None:
@@ -169,14 +188,15 @@ def layout(module: nn.Module, prunable_head_dims: Optional[bool] = None) -> Opti
         if "kv_heads" in parts:  # [q | k | v] of unequal parts: key/value widths (GPTBigCode's kv_dim) stay whole
             prunable_head_dims = False
         return AttentionLayout(module, fused=parts["name"], parts=3, prunable_head_dims=prunable_head_dims,
-                               **names)
+                               prunable_heads=prunable_heads, **names)
     query, key, value = parts["names"]
     return AttentionLayout(module, query=query, key=key, value=value, prunable_head_dims=prunable_head_dims,
-                           **names)
+                           prunable_heads=prunable_heads, **names)
 
 
 def attention_layouts(model: nn.Module) -> List[AttentionLayout]:
     """Every attention block of ``model``. Rotary models keep their head size (frequencies come from the config)."""
-    keep_dims = False if rotary(getattr(model, "config", None)) else None
-    found = (layout(module, keep_dims) for module in model.modules())
+    config = getattr(model, "config", None)
+    keep_dims = False if rotary(config) else None
+    found = (layout(module, keep_dims, False if alibi(module, config) else None) for module in model.modules())
     return [record for record in found if record is not None]

@@ -42,13 +42,21 @@ def _warn_unplaced(model: Any) -> None:
     """Say which attention blocks keep their heads because their projections could not be placed."""
     from pruning_core.errors import warn
 
-    from .attention import unplaced
+    from .attention import alibi, projections, unplaced
 
     names = unplaced(model)
     if names:
         warn(f"{type(model).__name__}: the heads of {len(names)} attention block(s) ({', '.join(names[:3])}"
-             f"{', ...' if len(names) > 3 else ''}) cannot be placed (a fused projection with fewer key/value "
-             "heads, or low-rank projections); their heads and head sizes are kept")
+             f"{', ...' if len(names) > 3 else ''}) cannot be placed (low-rank projections, or projections "
+             "whose widths are not whole heads); their heads and head sizes are kept")
+    config = getattr(model, "config", None)
+    biased = [name for name, module in model.named_modules() if projections(module) is not None
+              and alibi(module, config)]
+    if biased:
+        warn(f"{type(model).__name__}: the heads of {len(biased)} attention block(s) ({', '.join(biased[:3])}"
+             f"{', ...' if len(biased) > 3 else ''}) are kept whole: their ALiBi slopes are computed in the "
+             "model's forward from the head count alone, so the heads kept after pruning would get the slopes "
+             "of other head positions and the model's function would change (head dims may still be pruned)")
 
 
 @hookimpl
