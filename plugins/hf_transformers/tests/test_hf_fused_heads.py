@@ -1,8 +1,9 @@
-"""Whole-head pruning of fused q/k/v projections with fewer key/value heads than query heads.
+"""Whole-head pruning of fused q/k/v projections with fewer key/value heads, and of low-rank (MLA) attention.
 
 Phi-3 (``qkv_proj`` = ``[q | k | v]`` cut by slices, grouped-query), Falcon (``query_key_value``: multi-query
 ``[heads + 2, head_dim]``, the new decoder's ``[kv_heads, queries + 2, head_dim]``, and the interleaved
-``[heads, 3, head_dim]``) and GPTBigCode (``c_attn`` split into ``[q | k | v]``, multi-query). For each:
+``[heads, 3, head_dim]``) and GPTBigCode (``c_attn`` split into ``[q | k | v]``, multi-query); DeepSeek-V3's
+multi-head latent attention (``q_b_proj`` and ``kv_b_proj`` expand low-rank latents per head). For each:
 
 1. the head counts on the blocks (and in the config, where it describes the model) go down to the asked ratio;
 2. the pruned model runs and generates;
@@ -189,3 +190,36 @@ def test_saved_form_loads_in_a_fresh_process(pruned):
     assert result.returncode == 0, result.stderr[-3000:]
     differences = json.loads(result.stdout.strip().splitlines()[-1])
     assert differences == {d: pytest.approx(0.0, abs=1e-5) for d in directories}
+
+
+def test_latent_attention_heads_prune_whole_and_contribute_nothing_else(tmp_path):
+    """DeepSeek-V3: a removed head loses its q_b_proj and kv_b_proj rows and its o_proj columns, nothing else."""
+    torch.manual_seed(0)
+    config = T.DeepseekV3Config(**BASE, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4,
+                                q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                                v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1)
+    model = T.DeepseekV3ForCausalLM(config).eval()
+    dense = copy.deepcopy(model)
+    tp.pruner.BasePruner(model, TEXT, pruning_ratio=0.0, prune_num_heads=True, head_pruning_ratio=0.5).step()
+    with torch.no_grad():
+        logits = model(**TEXT).logits
+    for layer in range(2):
+        block, dense_block = model.model.layers[layer].self_attn, dense.model.layers[layer].self_attn
+        assert block.num_heads == 2
+        columns = kept(block.o_proj.weight.t(), dense_block.o_proj.weight.t())
+        heads = sorted({c // 16 for c in columns})
+        assert len(heads) == 2 and columns == [h * 16 + i for h in heads for i in range(16)]
+        assert kept(block.q_b_proj.weight, dense_block.q_b_proj.weight) == [h * 16 + i for h in heads
+                                                                             for i in range(16)]
+        assert kept(block.kv_b_proj.weight, dense_block.kv_b_proj.weight) == [h * 24 + i for h in heads
+                                                                               for i in range(24)]
+        with torch.no_grad():
+            mask = torch.ones(64, dtype=torch.bool)
+            mask[columns] = False
+            dense_block.o_proj.weight[:, mask] = 0
+    with torch.no_grad():
+        reference = dense(**TEXT).logits
+    assert torch.allclose(reference, logits, atol=1e-5), float((reference - logits).abs().max())
+    generated = model.generate(**TEXT, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == TEXT["input_ids"].shape[1] + 3

@@ -138,10 +138,9 @@ MODES = {"width": dict(pruning_ratio=0.3), "heads": dict(pruning_ratio=0.0, prun
                                                          head_pruning_ratio=0.5)}
 NO_ATTENTION = {"resnet", "convnext"}  # no heads to prune: width only
 # Cases the plugin cannot prune (yet): they must still run, save and reload, and say so in a warning.
-KEPT = {("deepseek_v3", "heads"): "low-rank (MLA) projections",
-        ("bloom", "heads"): "ALiBi slopes belong to head positions"}
+KEPT = {("bloom", "heads"): "ALiBi slopes belong to head positions"}
 # The warning of a kept case must say why: it names this.
-KEPT_BECAUSE = {("deepseek_v3", "heads"): "low-rank projections", ("bloom", "heads"): "ALiBi slopes"}
+KEPT_BECAUSE = {("bloom", "heads"): "ALiBi slopes"}
 HEAD_FIELDS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
 
 

@@ -35,6 +35,7 @@ HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "head_size", "key_value_pr
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 KV_HEAD_ATTRS = ("num_key_value_heads", "num_kv_heads", "kv_heads")
 # Attributes holding heads x head size: BERT's all_head_size, T5's inner_dim, GPT-2's split_size and embed_dim.
+_HEADED = frozenset(HEAD_COUNT_ATTRS)
 WIDTH_ATTRS = ("all_head_size", "inner_dim", "split_size", "embed_dim")
 SCALE_ATTRS = ("scaling", "scale", "inv_norm_factor")
 PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))  # kept for callers of 0.1
@@ -130,13 +131,74 @@ def fused_heads(module: nn.Module, width: int, size: int) -> Tuple[int, int]:
     return width // 3 // size, width // 3 // size
 
 
+def latent_projections(module: nn.Module) -> List[nn.Module]:
+    """Head projections of a low-rank (multi-head latent) attention block, as in DeepSeek-V2/V3.
+
+    Such a block reads its input through narrow projections (the latents) and expands them per head:
+    its head projections are the linear children that read a width narrower than the block's input and
+    write whole heads. Pruning a head removes its rows in each of them and its columns in the output
+    projection; the reshapes there count heads with ``-1``, so the heads follow the weights.
+    """
+    if projections(module) is not None:
+        return []
+    heads = _int(module, HEAD_COUNT_ATTRS)
+    linear = [(child, w) for child in module.children() for w in (_width(child),) if w is not None]
+    widest = max((w[0] for _, w in linear), default=0)
+    if heads is None or heads < 2:
+        return []
+    return [child for child, (width_in, out) in linear if width_in < widest and out % heads == 0 and
+            out // heads > 1]
+
+
+def latent_heads(model: nn.Module) -> List[Any]:
+    """Structure hints for the head projections of low-rank attention blocks (see :func:`latent_projections`):
+    the blocks' head counts follow the weights (the config is then not stock-expressible)."""
+    from pruning_core import StructureHint
+
+    hints = []
+    for module in model.modules():
+        if not _HEADED.isdisjoint(vars(module)):
+            heads = _int(module, HEAD_COUNT_ATTRS)
+            hints.extend(StructureHint(module=child, num_heads=heads, prunable_head_dims=False)
+                         for child in latent_projections(module))  # per-head parts (rope, nope) stay whole
+    return hints
+
+
+def refresh_latent_heads(model: nn.Module, graph: Any = None) -> None:
+    """Low-rank attention blocks: their head count follows their head projections (whole heads go).
+
+    The change is recorded like a pruning operation's (kept on save) and, with ``graph``, undone with the step.
+    """
+    from pruning_core.graph.record import ensure_record, note_attr_changes, plain_attrs
+
+    for module in model.modules():
+        if _HEADED.isdisjoint(vars(module)) or not latent_projections(module):
+            continue
+        child = latent_projections(module)[0]
+        heads, rows, now = _int(module, HEAD_COUNT_ATTRS, before=True), _width(child, True), _width(child)
+        if not heads or rows is None or now is None or rows[1] % heads or now[1] % (rows[1] // heads):
+            continue
+        count = now[1] // (rows[1] // heads)
+        if _int(module, HEAD_COUNT_ATTRS) == count:
+            continue
+        if graph is not None:
+            graph.remember(module)
+        ensure_record(module)
+        before = plain_attrs(module)
+        for attr in HEAD_COUNT_ATTRS:
+            if _int(module, (attr,)) is not None:
+                setattr(module, attr, count)
+        note_attr_changes(module, before)
+
+
 def unplaced(model: nn.Module) -> List[str]:
     """Modules that hold attention heads (a head count and a head size) whose projections were not placed."""
     found = []
     for name, module in model.named_modules():
         sizes = [a for a, v in vars(module).items() if isinstance(v, int) and ("head_dim" in a or "head_size" in a)]
         if _int(module, HEAD_COUNT_ATTRS + KV_HEAD_ATTRS + ("num_key_value_groups",)) and sizes and \
-                any(_width(c) is not None for c in module.children()) and projections(module) is None:
+                any(_width(c) is not None for c in module.children()) and projections(module) is None and \
+                not latent_projections(module):
             found.append(name)
     return found
 

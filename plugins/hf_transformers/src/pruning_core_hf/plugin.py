@@ -23,13 +23,14 @@ def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, Structure
     """Where every attention block keeps its heads, and the output head (kept)."""
     if not _is_transformers_model(model):
         return []
-    from .attention import attention_layouts
+    from .attention import attention_layouts, latent_heads
     from .config import hidden_rounding, optional_api
 
     from .depth import block_stack_hints
 
     # heads; the layer stack (sequential calibration); the hidden width rounded to the head count
     records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model)) + block_stack_hints(model)
+    records.extend(latent_heads(model))
     _warn_unplaced(model)
     records.extend(hidden_rounding(model))
     head = optional_api(model, "get_output_embeddings")
@@ -75,8 +76,11 @@ def after_step(model: Any, graph: Any) -> None:
     if _is_transformers_model(model):
         from .config import fix_config
 
+        from .attention import refresh_latent_heads
+
         if graph is not None:
             graph.remember(model.config)  # an undone step restores the config too
+        refresh_latent_heads(model, graph)
         fix_config(model)
 
 
