@@ -8,6 +8,13 @@ channel structure from the graph (``[heads, head_dim]``, ``[kv_heads,
 queries_per_kv, head_dim]`` or ``[3, heads, head_dim]``) and sets the declared
 attributes. Modules are matched by qualified name, so trial copies of the model
 are fixed the same way.
+
+A ``fused`` layout whose ``num_key_value_heads`` (or ``num_heads`` over
+``kv_groups``) says fewer key/value heads than query heads is read as
+``[q: heads x size | k: kv_heads x size | v: kv_heads x size]`` (Phi-3, Falcon,
+GPTBigCode), whether cut apart by slices or viewed per key/value group: a
+removable head is a key/value group, or a query head when there is a single
+key/value head (multi-query attention).
 """
 
 from __future__ import annotations
