@@ -32,6 +32,7 @@ T = pytest.importorskip("transformers")
 
 import pruning_core as tp  # noqa: E402
 import pruning_core_hf  # noqa: E402
+from pruning_core.errors import PruningWarning  # noqa: E402
 
 TEXT = {"input_ids": torch.tensor([[5, 17, 3, 42, 8, 23, 11, 2]])}
 BASE = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, max_position_embeddings=128, pad_token_id=0,
@@ -223,3 +224,19 @@ def test_latent_attention_heads_prune_whole_and_contribute_nothing_else(tmp_path
     assert torch.allclose(reference, logits, atol=1e-5), float((reference - logits).abs().max())
     generated = model.generate(**TEXT, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert generated.shape[1] == TEXT["input_ids"].shape[1] + 3
+
+
+@pytest.mark.parametrize("name", ["bloom", "falcon_alibi"])
+def test_alibi_blocks_keep_their_heads_and_say_why(name):
+    """ALiBi slopes come from the head count in the model's forward: the heads stay, and the warning says so."""
+    torch.manual_seed(0)
+    if name == "bloom":
+        model = T.BloomForCausalLM(T.BloomConfig(**BASE, n_head=4)).eval()
+    else:
+        model = T.FalconForCausalLM(T.FalconConfig(**BASE, num_attention_heads=4, alibi=True)).eval()
+    with torch.no_grad():
+        before = model(**TEXT).logits
+    with pytest.warns(PruningWarning, match="ALiBi slopes are computed in the model's forward from the head"):
+        tp.pruner.BasePruner(model, TEXT, pruning_ratio=0.0, prune_num_heads=True, head_pruning_ratio=0.5).step()
+    with torch.no_grad():
+        assert torch.equal(model(**TEXT).logits, before)
