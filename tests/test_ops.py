@@ -289,3 +289,67 @@ def test_grouped_matrix_products_of_fused_experts_prune_every_expert_alike():
         for i in set(range(12)) - set(kept_out):  # the experts' output channels are a group of their own
             reference.down[:, i] = 0
         torch.testing.assert_close(model(x), reference(x))
+
+
+class Joined(nn.Module):
+    """Two producers joined on the channel dim, then rows picked by an index tensor and the rest sliced off."""
+
+    def __init__(self, picked, rest):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 2, 1)
+        self.picked, self.rest = picked, rest
+        self.consumer = nn.Conv2d(6 + len(picked), 2, 1)
+
+    def forward(self, x):
+        joined = torch.cat([self.a(x), self.b(x)], dim=1)
+        return self.consumer(torch.cat([joined[:, self.rest], joined[:, self.picked]], dim=1))
+
+
+@pytest.mark.parametrize("picked, kept_whole", [([-2, -1], "b"), ([0, 1], "a"), ([-1, 0], "both")])
+def test_constant_indices_freeze_only_the_pieces_they_read(picked, kept_whole):
+    """``x[:, [-2]]`` reads the same rows after the pieces before them shrink (multi-query attention's key
+    row after the query heads): only the indexed end pieces are frozen; mixed signs freeze everything."""
+    rest = slice(None, -2) if picked[0] < 0 else slice(2, None)  # the other rows, counted from the same end
+    model = Joined(picked, rest).eval()
+    free = {"b": "a", "a": "b"}.get(kept_whole)
+    DG = tp.DependencyGraph().build_dependency(model, X)
+    for name in ("a", "b"):
+        producer = getattr(model, name)
+        if name == free:
+            group = oracle_check(model, X, lambda DG, m: DG.get_pruning_group(getattr(m, name),
+                                                                            tp.prune_conv_out_channels, idxs=[1]))
+            assert group.root_idxs == [1]
+        else:
+            with pytest.raises(tp.GraphError):
+                DG.get_pruning_group(producer, tp.prune_conv_out_channels, idxs=[1])
+
+
+class FusedGQA(nn.Module):
+    """One projection ``[q: 4 heads | k: 2 heads | v: 2 heads]`` of size 3, cut by slices (Phi-3's layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.o = nn.Linear(6, 24), nn.Linear(12, 6)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        qkv = self.qkv(x)
+        q, k, v = (qkv[..., :12].view(b, t, 2, 2, 3), qkv[..., 12:18].view(b, t, 2, 1, 3),
+                   qkv[..., 18:].view(b, t, 2, 1, 3))
+        scores = torch.einsum("btgqd,bsgkd->bgqts", q, k).softmax(-1)
+        out = torch.einsum("bgqts,bsgkd->btgqd", scores, v)
+        return self.o(out.reshape(b, t, 12)) + x
+
+
+def test_fused_projection_with_fewer_key_value_heads_prunes_whole_groups():
+    """Parts of unequal size: a removable head is a key/value group (its two queries, key and value)."""
+    model = FusedGQA().eval()
+    x = torch.randn(2, 5, 6)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    assert DG.channel_parts("qkv") == [[2, 2, 3], [2, 3], [2, 3]]
+    assert DG.set_channel_structure(model.qkv, groups=2, prunable_groups=True, prunable_within=False,
+                                    group_size=12)
+
+    # The toy's slices and views are constants (a plugin's layout updates the real attributes): no trial run.
+    group = DG.get_pruning_group(model.o, tp.prune_linear_in_channels, idxs=list(range(6, 12)))
+    assert idxs_of(group, "qkv") == [list(range(6, 12)) + [15, 16, 17, 21, 22, 23]]

@@ -8,6 +8,13 @@ channel structure from the graph (``[heads, head_dim]``, ``[kv_heads,
 queries_per_kv, head_dim]`` or ``[3, heads, head_dim]``) and sets the declared
 attributes. Modules are matched by qualified name, so trial copies of the model
 are fixed the same way.
+
+A ``fused`` layout whose ``num_key_value_heads`` (or ``num_heads`` over
+``kv_groups``) says fewer key/value heads than query heads is read as
+``[q: heads x size | k: kv_heads x size | v: kv_heads x size]`` (Phi-3, Falcon,
+GPTBigCode), whether cut apart by slices or viewed per key/value group: a
+removable head is a key/value group, or a query head when there is a single
+key/value head (multi-query attention).
 """
 
 from __future__ import annotations
@@ -57,9 +64,16 @@ def layout_hints(layout: AttentionLayout, out_channels: Callable[[Any], Optional
         return _stamped(hints, layout)
     projection = _child(module, layout.fused)
     width, parts = out_channels(projection), layout.parts
-    heads = _first_int(module, layout.num_heads)
+    heads, kv_heads = _counts(layout, module)
     if width is None:
         return []
+    if heads and kv_heads and kv_heads < heads and size and parts == 3 and width == (heads + 2 * kv_heads) * size:
+        # [q | k | v] with fewer key/value heads. A removable unit is a key/value group: its key and
+        # value head and its query heads (``width / kv_heads`` channels in all). With one key/value
+        # head (multi-query attention) removing it would remove every head: the query heads are the units.
+        hint = StructureHint(module=projection, num_heads=heads, head_dim=size, **flags) if kv_heads == 1 else \
+            StructureHint(module=projection, num_heads=kv_heads, head_dim=width // kv_heads, **flags)
+        return _stamped([hint], layout)
     if heads is None and size:
         heads = max(1, width // parts // size)
     if size is None and heads:
@@ -67,6 +81,20 @@ def layout_hints(layout: AttentionLayout, out_channels: Callable[[Any], Optional
     if not heads or not size or width != parts * heads * size:
         return []
     return _stamped([StructureHint(module=projection, num_heads=heads, head_dim=size, **flags)], layout)
+
+
+def _counts(layout: AttentionLayout, module: Any, read: Callable[..., Any] = getattr
+            ) -> Tuple[Optional[int], Optional[int]]:
+    """(heads, key/value heads) from the attributes ``layout`` names; either may come from the other and
+    the queries per key/value head."""
+    heads = _first_int(module, layout.num_heads, read)
+    kv_heads = _first_int(module, layout.num_key_value_heads, read)
+    groups = _first_int(module, layout.kv_groups, read)
+    if heads is None and kv_heads and groups:
+        heads = kv_heads * groups
+    if kv_heads is None and heads and groups and heads % groups == 0:
+        kv_heads = heads // groups
+    return heads, kv_heads
 
 
 def _stamped(hints: List[StructureHint], layout: AttentionLayout) -> List[StructureHint]:
@@ -115,6 +143,10 @@ def current_heads(layout: AttentionLayout, name: str, module: Any, graph: Any,
         heads, size = _split(query, limit)
         return heads, size, _split(key, limit)[0]
     parts = layout.parts
+    heads, kv_heads = _counts(layout, module, original_attr)
+    if heads and kv_heads and kv_heads < heads and parts == 3 and layout.fused:
+        return _grouped_heads(graph, prefix + layout.fused, out_channels(_child(module, layout.fused)), limit,
+                              kv_heads)
     factors = _structure(graph, (prefix + layout.fused) if layout.fused else name)
     if parts > 1 and factors and len(factors) > 2 and factors[0] == parts:
         heads, size = _split(factors[1:], limit)
@@ -130,6 +162,35 @@ def current_heads(layout: AttentionLayout, name: str, module: Any, graph: Any,
     if heads is None or width is None or width % (parts * heads):
         return None
     return heads, width // (parts * heads), heads
+
+
+def _grouped_heads(graph: Any, name: str, width: Optional[int], limit: Optional[int],
+                   original_kv: int) -> Optional[Tuple[int, int, int]]:
+    """(heads, head size, key/value heads) of a fused ``[q | k | v]`` projection with fewer key/value heads.
+
+    Cut apart by slices or a split, its first part is ``[heads.., size]`` (the queries); viewed
+    as one tensor they are ``[kv_heads, queries + 2, size]`` (per group) or, with one key/value head,
+    ``[heads + 2, size]``. The query heads are what is left of the width after the keys and values.
+    """
+    if graph is None or width is None:
+        return None
+    try:
+        parts = [list(p) for p in graph.channel_parts(name)]
+    except PruningError:
+        return None
+    if len(parts) > 1 and parts[0]:  # the query part comes first (a single key head may join the list flat)
+        heads, size = _split(parts[0], limit)
+        rest = width - heads * size
+        if rest <= 0 or rest % (2 * size):
+            return None
+        return heads, size, rest // (2 * size)
+    if len(parts) != 1 or not parts[0]:
+        return None
+    size = _split(parts[0], limit)[1]
+    kv_heads = 1 if original_kv == 1 else parts[0][0]
+    if width % size or width // size <= 2 * kv_heads:
+        return None
+    return width // size - 2 * kv_heads, size, kv_heads
 
 
 def _original_rows(projection: Any, width: int) -> Optional[int]:

@@ -169,6 +169,11 @@ class DependencyGraph:
         :meth:`ChannelStructure.channel_structure`)."""
         return self.structure.channel_structure(name, side)
 
+    def channel_parts(self, name: str, side: str = "out") -> List[List[int]]:
+        """:meth:`channel_structure` of each concatenated part of a layer's channels (see
+        :meth:`ChannelStructure.channel_parts`)."""
+        return self.structure.channel_parts(name, side)
+
     def set_channel_structure(self, module: nn.Module, groups: int, side: str = "out",
                               prunable_groups: bool = False, prunable_within: bool = True,
                               group_size: Optional[int] = None) -> bool:

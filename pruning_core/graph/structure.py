@@ -44,6 +44,18 @@ class ChannelStructure:
                 return [len(shapes)] + shapes[0]
         return self._factor_sizes(expr)
 
+    def channel_parts(self, name: str, side: str = "out") -> List[List[int]]:
+        """:meth:`channel_structure` of each concatenated part of a layer's channels, one list when not joined.
+
+        A fused projection with fewer key/value heads (``[q: heads x size | k: kv x size | v: kv x size]``,
+        cut apart by slices or a split) gives one list per part, since its parts differ in size.
+        """
+        module = self.traced.lookup.get(name)
+        if module is None:
+            raise ConfigurationError(f"no module named {name!r} in the traced model")
+        expr = resolve(self._index().expr(self.slots.channel_slot(module, side)))
+        return [self._factor_sizes(part) for part in expr.parts] if type(expr) is Cat else [self._factor_sizes(expr)]
+
     @staticmethod
     def _factor_sizes(expr: Any) -> List[int]:
         expr = resolve(expr)
@@ -73,6 +85,8 @@ class ChannelStructure:
             # Equal parts joined (q, k and v by a concatenated bias): the heads are in each part.
             parts = [_find_group_factor(resolve(part), groups, group_size) for part in expr.parts]
             pairs = parts if all(p is not None for p in parts) else []
+        if not pairs and type(expr) is Cat:
+            pairs = _unequal_parts(expr, groups, group_size)
         if not pairs:
             try:
                 atoms = leaves(expr)
@@ -147,7 +161,25 @@ class ChannelStructure:
         self._invalidate()
 
 
-def _find_group_factor(expr: Any, groups: int, group_size: Optional[int]) -> Optional[Tuple[Any, Any]]:
+def _unequal_parts(expr: Cat, groups: int, group_size: Optional[int]) -> List[Tuple[Any, Any]]:
+    """Heads in the parts of unequal size of a fused projection (``[q | k | v]`` with fewer key/value heads).
+
+    A part holds the heads when it is a product whose outer factors make ``groups``
+    (key/value groups: each of q, k and v; multi-query: the query part only). The
+    first part (the queries) must hold them; a part that is a single factor (the one
+    key or value head of multi-query attention) is kept whole.
+    With ``group_size``, the channels of one unit across the parts (a key/value group: its queries,
+    key and value) must add up to it.
+    """
+    found = [_find_group_factor(resolve(part), groups, None, outer=True) for part in expr.parts]
+    pairs = [pair for pair in found if pair is not None]
+    if found[0] is None or (group_size is not None and sum(inner.size for _, inner in pairs) != group_size):
+        return []
+    return pairs
+
+
+def _find_group_factor(expr: Any, groups: int, group_size: Optional[int],
+                       outer: bool = False) -> Optional[Tuple[Any, Any]]:
     """In a product expression, a run of factors whose sizes multiply to ``groups``, and what follows it.
 
     With grouped-query attention the heads of a query projection are two
@@ -170,4 +202,13 @@ def _find_group_factor(expr: Any, groups: int, group_size: Optional[int]) -> Opt
                         return resolve(Prod(factors[start:stop + 1])), inner
                 if product > groups:
                     break
+            if outer:  # only the outermost factors
+                break
+    first = resolve(factors[0])
+    if type(first) is Cat and current_size(first.parts[0]) == groups:
+        # The rows of one dimension hold the query heads first, then the key/value heads (multi-query
+        # attention viewed as ``[heads + 2, head_dim]``): the heads are that first piece.
+        inner = resolve(Prod(factors[1:]))
+        if group_size is None or inner.size == group_size:
+            return resolve(first.parts[0]), inner
     return None

@@ -138,11 +138,9 @@ MODES = {"width": dict(pruning_ratio=0.3), "heads": dict(pruning_ratio=0.0, prun
                                                          head_pruning_ratio=0.5)}
 NO_ATTENTION = {"resnet", "convnext"}  # no heads to prune: width only
 # Cases the plugin cannot prune (yet): they must still run, save and reload, and say so in a warning.
-KEPT = {("phi3", "heads"): "fused q/k/v projection with fewer key/value heads",
-        ("falcon", "heads"): "fused q/k/v projection with fewer key/value heads",
-        ("gpt_bigcode", "heads"): "fused q/k/v projection with fewer key/value heads",
-        ("deepseek_v3", "heads"): "low-rank (MLA) projections",
-        ("bloom", "heads"): "ALiBi slopes belong to head positions"}
+KEPT = {("bloom", "heads"): "ALiBi slopes belong to head positions"}
+# The warning of a kept case must say why: it names this.
+KEPT_BECAUSE = {("bloom", "heads"): "ALiBi slopes"}
 HEAD_FIELDS = ("num_attention_heads", "n_head", "num_heads", "n_heads", "encoder_attention_heads")
 
 
@@ -163,9 +161,12 @@ def heads_of(model: nn.Module) -> Optional[int]:
     return total or None
 
 
-def widths(model: nn.Module) -> Dict[str, int]:
-    """Output width of every weight layer (GPT-2's Conv1D keeps it in ``nf``)."""
-    return {name: getattr(module, "nf", module.weight.shape[0]) for name, module in model.named_modules()
+def widths(model: nn.Module, side: str = "out") -> Dict[str, int]:
+    """Output (or input) width of every weight layer (GPT-2's Conv1D keeps its weight transposed)."""
+    def width(module: nn.Module) -> int:
+        transposed = isinstance(getattr(module, "nf", None), int)
+        return module.weight.shape[int(transposed) if side == "out" else int(not transposed)]
+    return {name: width(module) for name, module in model.named_modules()
             if not isinstance(module, nn.Embedding) and isinstance(getattr(module, "weight", None), torch.Tensor)
             and module.weight.ndim >= 2}
 
@@ -184,7 +185,7 @@ def prune_case(name: str, mode: str, directory: str) -> Dict[str, Any]:
     row["class"] = type(model).__name__
     with torch.no_grad():
         before = primary(model(**inputs))
-    params, heads, shapes = tp.utils.count_params(model), heads_of(model), widths(model)
+    params, heads, shapes, ins = tp.utils.count_params(model), heads_of(model), widths(model), widths(model, "in")
     experts = sum(p.numel() for p in model.parameters() if p.ndim == 3 and p.shape[0] > 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -203,6 +204,9 @@ def prune_case(name: str, mode: str, directory: str) -> Dict[str, Any]:
         row["experts_kept"] = round(sum(p.numel() for p in model.parameters()
                                         if p.ndim == 3 and p.shape[0] > 1) / experts, 3)
     row["width_ratio"] = round(sorted(ratios)[len(ratios) // 2], 3) if ratios else 1.0
+    inputs_after = widths(model, "in")
+    narrower = [inputs_after[k] / ins[k] for k in ins if k in inputs_after and inputs_after[k] < ins[k]]
+    row["input_ratio"] = round(sorted(narrower)[len(narrower) // 2], 3) if narrower else 1.0
     try:
         with torch.no_grad():
             out = primary(model(**inputs))
@@ -264,11 +268,15 @@ def check(row: Dict[str, Any]) -> List[str]:
     if (row["arch"], row["mode"]) in KEPT:
         if not row["warnings"]:
             problems.append(f"kept silently ({KEPT[row['arch'], row['mode']]}): no warning")
+        elif not any(KEPT_BECAUSE[row["arch"], row["mode"]] in message for message in row["warnings"]):
+            problems.append(f"kept ({KEPT[row['arch'], row['mode']]}) but no warning says so: {row['warnings']}")
     elif row["mode"] == "width" and not 0.6 <= row["width_ratio"] <= 0.8:
         problems.append(f"width ratio {row['width_ratio']} (pruned layers {row['pruned_layers']})")
     elif row["mode"] == "width" and not row.get("experts_kept", 0.5) <= 0.6:  # hidden and expert width both 0.7
         problems.append(f"fused experts kept {row['experts_kept']} of their weights")
-    elif row["mode"] == "heads" and not 0.4 <= row["width_ratio"] <= 0.6:  # the projections lost half their heads
+    elif row["mode"] == "heads" and not (0.4 <= row["width_ratio"] <= 0.6 or 0.4 <= row["input_ratio"] <= 0.6):
+        # the projections lost half their heads (multi-query attention keeps its key/value rows: then the
+        # output projection, reading the heads, tells)
         problems.append(f"heads: width ratio {row['width_ratio']} (pruned layers {row['pruned_layers']}, "
                         f"heads {row['heads']})")
     reload = row.get("reload")

@@ -6,7 +6,8 @@ from typing import List, Optional, Set
 
 import torch
 
-from ...graph.dims import ONE, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, leaves, resolve
+from ...graph.dims import (ONE, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, current_size, leaves,
+                           resolve)
 from ...graph.rules import broadcast_into, norm_dim
 from ...graph.trace import OpCall
 from ...hookspecs import hookimpl
@@ -162,7 +163,7 @@ def index(call: OpCall) -> None:
         raise DataDependentDimError("boolean mask indexing has a data-dependent shape")
     dims = call.dims(source)
     for i in present:
-        call.freeze(dims[i], "indexed by a tensor")
+        _freeze_indexed(call, dims[i], indices[i], source.shape[i])
     index_tensors = [indices[i] for i in present]
     bshape = torch.broadcast_shapes(*[t.shape for t in index_tensors])
     index_dims = broadcast_into(call, bshape, index_tensors)
@@ -173,6 +174,39 @@ def index(call: OpCall) -> None:
     if len(result) != out.ndim:
         raise DimError("unexpected shape from advanced indexing")
     call.set(out, result)
+
+
+def _freeze_indexed(call: OpCall, dim: Expr, positions: torch.Tensor, n: int) -> None:
+    """Freeze the channels an index tensor reads: all of them, or only the end pieces it stays in.
+
+    Indices counted from the end (``x[..., [-2], :]``: the key row after the query heads) that all
+    fall in trailing pieces of a concatenated dimension still read the same rows when the pieces
+    before them shrink; indices from the start that fall in leading pieces, likewise. Only those
+    pieces are frozen then.
+    """
+    expr = resolve(dim)
+    values = positions.flatten().tolist() if positions.numel() <= 64 and not positions.is_floating_point() else None
+    if type(expr) is not Cat or not values:
+        call.freeze(dim, "indexed by a tensor")
+        return
+    sizes = [current_size(part) for part in expr.parts]
+    if all(v < 0 for v in values):  # the trailing pieces that hold every index
+        reach, count = -min(values), 0
+        while sum(sizes[len(sizes) - count:]) < reach:
+            count += 1
+        touched = expr.parts[len(sizes) - count:]
+    elif all(v >= 0 for v in values):
+        reach, count = max(values) + 1, 0
+        while sum(sizes[:count]) < reach:
+            count += 1
+        touched = expr.parts[:count]
+    else:
+        touched, reach = expr.parts, 0
+    if len(touched) == len(expr.parts) or reach > n:
+        call.freeze(dim, "indexed by a tensor")
+        return
+    for part in touched:
+        call.freeze(part, "indexed by a tensor")
 
 
 def index_select(call: OpCall) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from torch import nn
 
-from .attention import HEAD_COUNT_ATTRS, HEAD_SIZE_ATTRS, _width, head_size, projections
+from .attention import HEAD_COUNT_ATTRS, HEAD_SIZE_ATTRS, _width, fused_heads, head_size, projections
 
 _HEAD_ATTRS = frozenset(HEAD_COUNT_ATTRS + HEAD_SIZE_ATTRS)
 
@@ -54,8 +54,8 @@ def _heads(block: nn.Module) -> Dict[str, int]:
     parts = projections(block)
     size = head_size(block) or head_size(block, True)
     if "fused" in parts:
-        heads = _width(parts["fused"])[1] // 3 // size
-        return {"heads": heads, "size": size, "kv_heads": heads}
+        heads, kv_heads = fused_heads(block, _width(parts["fused"])[1], size)
+        return {"heads": heads, "size": size, "kv_heads": kv_heads}
     return {"heads": _width(parts["q"])[1] // size, "size": size, "kv_heads": _width(parts["k"])[1] // size}
 
 
@@ -114,7 +114,7 @@ def fix_config(model: nn.Module) -> None:
             updates["num_attention_heads"] = heads
             if hasattr(config, "num_key_value_heads"):
                 updates["num_key_value_heads"] = kv_heads
-            if _separate_head_dim(attention):
+            if _separate_head_dim(attention) and _rebuilds(attention[0], config, dict(updates, head_dim=size)):
                 updates["head_dim"] = size  # LLaMA-style blocks read config.head_dim when it is set
             elif hidden is not None and heads * size != hidden:
                 problems.append(f"{type(config).__name__} ties the attention width to hidden_size, but heads x "
@@ -127,7 +127,10 @@ def fix_config(model: nn.Module) -> None:
     if problems:
         for key, value in model.__dict__[ORIGINAL].items():
             if key != "pruning_core":
-                setattr(config, key, value)
+                try:
+                    setattr(config, key, value)
+                except AttributeError:  # a derived field (Falcon's head_dim is a read-only property)
+                    pass
         config.pruning_core = {"uniform": False, "reason": "; ".join(problems)}
         return
     for key, value in updates.items():
@@ -149,6 +152,30 @@ def _added_parameters(model: nn.Module) -> List[str]:
 def _separate_head_dim(blocks: List[nn.Module]) -> bool:
     """LLaMA-style attention (with key/value groups) takes its head size from ``config.head_dim``."""
     return bool(blocks) and all(hasattr(b, "num_key_value_groups") for b in blocks)
+
+
+def _rebuilds(block: nn.Module, config: Any, updates: Dict[str, Any]) -> bool:
+    """Whether the block's class, built from the config with ``updates`` (on the meta device), has the
+    block's parameter shapes; True when it cannot be built that way (the config is then trusted).
+
+    Blocks with key/value groups may still size their heads from ``hidden_size / heads`` (GPTBigCode);
+    such a config cannot express pruned heads, and the saved form must be the plugin's.
+    """
+    import torch
+
+    trial = copy.deepcopy(config)
+    for key, value in updates.items():
+        try:
+            setattr(trial, key, value)
+        except AttributeError:
+            return True
+    try:
+        with torch.device("meta"):
+            fresh = type(block)(trial, layer_idx=getattr(block, "layer_idx", 0) or 0)
+    except Exception:  # another constructor signature or a validation we cannot satisfy here
+        return True
+    shapes = {name: tuple(p.shape) for name, p in fresh.named_parameters()}
+    return all(shapes.get(name) == tuple(p.shape) for name, p in block.named_parameters())
 
 
 def hidden_rounding(model: nn.Module) -> List[Any]:

@@ -23,13 +23,14 @@ def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, Structure
     """Where every attention block keeps its heads, and the output head (kept)."""
     if not _is_transformers_model(model):
         return []
-    from .attention import attention_layouts
+    from .attention import attention_layouts, latent_heads
     from .config import hidden_rounding, optional_api
 
     from .depth import block_stack_hints
 
     # heads; the layer stack (sequential calibration); the hidden width rounded to the head count
     records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model)) + block_stack_hints(model)
+    records.extend(latent_heads(model))
     _warn_unplaced(model)
     records.extend(hidden_rounding(model))
     head = optional_api(model, "get_output_embeddings")
@@ -42,13 +43,21 @@ def _warn_unplaced(model: Any) -> None:
     """Say which attention blocks keep their heads because their projections could not be placed."""
     from pruning_core.errors import warn
 
-    from .attention import unplaced
+    from .attention import alibi, projections, unplaced
 
     names = unplaced(model)
     if names:
         warn(f"{type(model).__name__}: the heads of {len(names)} attention block(s) ({', '.join(names[:3])}"
-             f"{', ...' if len(names) > 3 else ''}) cannot be placed (a fused projection with fewer key/value "
-             "heads, or low-rank projections); their heads and head sizes are kept")
+             f"{', ...' if len(names) > 3 else ''}) cannot be placed (low-rank projections, or projections "
+             "whose widths are not whole heads); their heads and head sizes are kept")
+    config = getattr(model, "config", None)
+    biased = [name for name, module in model.named_modules() if projections(module) is not None
+              and alibi(module, config)]
+    if biased:
+        warn(f"{type(model).__name__}: the heads of {len(biased)} attention block(s) ({', '.join(biased[:3])}"
+             f"{', ...' if len(biased) > 3 else ''}) are kept whole: their ALiBi slopes are computed in the "
+             "model's forward from the head count alone, so the heads kept after pruning would get the slopes "
+             "of other head positions and the model's function would change (head dims may still be pruned)")
 
 
 @hookimpl
@@ -67,8 +76,11 @@ def after_step(model: Any, graph: Any) -> None:
     if _is_transformers_model(model):
         from .config import fix_config
 
+        from .attention import refresh_latent_heads
+
         if graph is not None:
             graph.remember(model.config)  # an undone step restores the config too
+        refresh_latent_heads(model, graph)
         fix_config(model)
 
 
