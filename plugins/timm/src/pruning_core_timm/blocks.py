@@ -53,6 +53,37 @@ SIZE_ATTRIBUTES = {
     "Partial_conv3": ("dim_conv3", "dim_untouched"),  # FasterNet: torch.split(x, [dim_conv3, dim_untouched])
 }
 
+HEAD_SIZES = ("head_dim", "dim_head")  # the size of one head, as timm's attention blocks name it
+HEADS_WIDTHS = ("dim", "attn_dim")  # the width of all heads together, where a block keeps it
+
+
+def _int_attr(module: nn.Module, name: str) -> Optional[int]:
+    value = module.__dict__.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def attention_sizes(module: nn.Module) -> Optional[SizeAttribute]:
+    """The head size and head count of an attention block that reshapes with them, as a :class:`SizeAttribute`.
+
+    ``reshape(B, N, 2, self.num_heads, self.head_dim)`` (PVT-v2, GC-ViT, VOLO...) sizes a view with
+    attributes; declared, the head size follows pruning of the projections it cuts and the head count
+    is kept up to date. A block qualifies by its shape, not its class: an int ``num_heads``, a head size
+    (``head_dim`` or ``dim_head``) and a direct Linear/Conv child whose output is 1, 2 or 3 times
+    ``num_heads * head_size`` (q, kv, qkv). A width attribute (``dim``, ``attn_dim``) equal to
+    ``num_heads * head_size`` is declared with them.
+    """
+    heads = _int_attr(module, "num_heads")
+    sizes = [name for name in HEAD_SIZES if (_int_attr(module, name) or 0) > 1]
+    if heads is None or heads < 1 or not sizes:
+        return None
+    width = heads * _int_attr(module, sizes[0])
+    outputs = {getattr(child, "out_features", None) or getattr(child, "out_channels", None)
+               for child in module.children() if isinstance(child, (nn.Linear, nn.Conv2d))}
+    if not outputs & {width, 2 * width, 3 * width}:
+        return None
+    widths = [name for name in HEADS_WIDTHS if _int_attr(module, name) == width]
+    return SizeAttribute(module, tuple(sizes + widths), counts=("num_heads",) if heads > 1 else ())
+
 
 def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHint, SizeAttribute]]:
     records: List[Union[AttentionLayout, StructureHint, SizeAttribute]] = []
@@ -60,6 +91,9 @@ def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHi
         layout = attention_layout(module)
         if layout is not None:
             records.append(layout)
+        sized = attention_sizes(module)
+        if sized is not None:
+            records.append(sized)
         sizes = SIZE_ATTRIBUTES.get(type(module).__name__)
         if sizes and all(isinstance(getattr(module, name, None), int) for name in sizes):
             records.append(SizeAttribute(module, sizes))  # followed while tracing, set after pruning
