@@ -228,3 +228,67 @@ def test_without_the_declaration_attention_sized_by_attributes_is_kept():
     model, x = AttributeAttention().eval(), torch.randn(2, 6, 8)
     tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
     assert (model.n_heads, model.head_dim, model.to_qkv.out_features) == (4, 8, 96)
+
+
+class CosineAttention(nn.Module):
+    """torchvision Swin V2: ``qkv_bias[length:2 * length]`` with ``length = numel() // 3``, and F.normalize."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(8, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        t = self.embed(x)
+        B, N, C = t.shape
+        bias = self.qkv.bias.clone()
+        length = bias.numel() // 3
+        bias[length:2 * length].zero_()  # no key bias
+        qkv = nn.functional.linear(t, self.qkv.weight, bias).reshape(B, N, 3, self.heads, C // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attn = nn.functional.normalize(q, dim=-1) @ nn.functional.normalize(k, dim=-1).transpose(-2, -1)
+        return self.head(self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)))
+
+
+def test_a_slice_at_a_third_of_numel_and_normalize_follow_pruning():
+    model, x = CosineAttention().eval(), torch.randn(2, 6, 8)
+    group = oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.embed, tp.prune_linear_out_channels, [1]),
+                         exact=False)
+    # reshape(B, N, C) ties the embedding to the heads: dim 1 of each head, in q, k and v (weight and bias)
+    assert sum(sorted(idxs) == list(range(1, 96, 8)) for _, idxs in group) == 2
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.embed.out_features, model.qkv.out_features, model.proj.in_features) == (16, 48, 16)
+    assert model.qkv.bias.shape == (48,) and model.heads == 4
+    trains(model, x)
+
+
+class HeadsTimesSize(nn.Module):
+    """``reshape(B, N, 2, h * C)`` with ``h`` and ``C`` read from the shape of a per-head view (CoaT, PVT)."""
+
+    def __init__(self, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.inp = nn.Linear(8, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        t = self.inp(x)
+        B, N, D = t.shape
+        _, _, h, C = t.reshape(B, N, self.heads, D // self.heads).shape
+        k, v = self.kv(t).reshape(B, N, 2, h * C).unbind(2)
+        return self.out(k * v + t)
+
+
+def test_a_product_of_sizes_read_from_shapes_follows_pruning():
+    model, x = HeadsTimesSize().eval(), torch.randn(2, 6, 8)
+    group = oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.inp, tp.prune_linear_out_channels, [2]))
+    per_head = [2, 6, 10, 14]  # h * C keeps the heads: position 2 of each head, in k and in v
+    assert [sorted(idxs) for dep, idxs in group if dep.handler == tp.prune_linear_out_channels] == \
+        [per_head, per_head + [i + 16 for i in per_head]]
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.inp.out_features, model.kv.out_features, model.out.in_features) == (8, 16, 8)
+    trains(model, x)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import torch
 from torch import nn
 
-from .dims import STRUCTURED, DimError, Expr, resolve
+from .dims import STRUCTURED, DimError, Expr, Prod, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trace import Recorder
@@ -67,6 +67,20 @@ class QuotientSource(Source):
         outer, inner = space.split_factor(base, self.divisor)
         space.mark(outer, STRUCTURED, f"count written in code (a size divided by {self.divisor})")
         return inner
+
+
+class ProductSource(Source):
+    """``a * b`` of traced sizes (``num_heads * C``), or ``k * a``: a multiple is an offset, not a dim."""
+
+    def __init__(self, factors: Sequence[Source], multiple: int = 1) -> None:
+        super().__init__(factors[0].recorder)
+        self.factors, self.multiple = list(factors), multiple
+
+    def expr(self) -> Optional[Expr]:
+        exprs = [factor.expr() for factor in self.factors]  # evaluated for their effect (heads cut out)
+        if self.multiple != 1 or any(e is None for e in exprs):
+            return None
+        return resolve(Prod(tuple(exprs))) if len(exprs) > 1 else exprs[0]
 
 
 class BindingSource(Source):
@@ -124,6 +138,16 @@ class TracedSize(int):
             return TracedSize(plain, QuotientSource(self.source, int(other)))
         return plain
 
+    def __mul__(self, other: Any) -> Any:
+        plain = int.__mul__(self, other)
+        if isinstance(other, TracedSize) and other.source.recorder is self.source.recorder:
+            return TracedSize(plain, ProductSource([self.source, other.source]))
+        if isinstance(other, int) and not isinstance(other, bool) and other > 1:
+            return TracedSize(plain, ProductSource([self.source], int(other)))
+        return plain
+
+    __rmul__ = __mul__
+
     def __repr__(self) -> str:
         return int.__repr__(self)
 
@@ -146,7 +170,7 @@ class TracedShape(tuple):
 
 
 _TENSOR_SIZING = ("view", "reshape", "expand", "split", "split_with_sizes", "unflatten", "new_zeros", "new_ones",
-                  "new_empty", "new_full")
+                  "new_empty", "new_full", "__getitem__")
 _TORCH_SIZING = ("reshape", "split", "unflatten", "zeros", "ones", "empty", "full")
 
 
@@ -168,11 +192,18 @@ class SizeTracker:
     def __enter__(self) -> "SizeTracker":
         base_shape = torch._C.TensorBase.shape.__get__
         base_size = torch._C.TensorBase.size
+        base_numel = torch._C.TensorBase.numel
         tracker = self
 
         def shape(tensor: torch.Tensor) -> Any:
             result = base_shape(tensor)
             return result if tracker._quiet() else tracker._traced_shape(result, tensor, None)
+
+        def numel(tensor: torch.Tensor) -> Any:  # ``bias.numel() // 3`` (Swin V2): a 1-d tensor's length
+            result = base_numel(tensor)
+            if tracker._quiet() or result < 2 or sum(1 for n in base_shape(tensor) if n > 1) != 1:
+                return result
+            return tracker._traced_shape(result, tensor, [n > 1 for n in base_shape(tensor)].index(True))
 
         def size(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             result = base_size(tensor, *args, **kwargs)
@@ -183,6 +214,9 @@ class SizeTracker:
 
         self._patch(torch.Tensor, "shape", property(shape))
         self._patch(torch.Tensor, "size", size)
+        self._patch(torch.Tensor, "numel", numel)
+        # ``expand_as(other)`` (F.normalize's denominator): other's sizes, as measured, not as written in code.
+        self._patch(torch.Tensor, "expand_as", lambda tensor, other: tensor.expand(other.shape))
         for owner, names in ((torch.Tensor, _TENSOR_SIZING), (torch, _TORCH_SIZING)):
             for name in names:
                 original = getattr(owner, name, None)
@@ -238,13 +272,13 @@ _ABSENT = object()
 
 
 def _ints_in(args: Sequence[Any], kwargs: Dict[str, Any]) -> List[Any]:
-    """The ints among a call's arguments, in order, looking one level into lists and tuples."""
+    """The ints among a call's arguments, in order, looking one level into lists, tuples and slices."""
     found: List[Any] = []
     for value in list(args) + list(kwargs.values()):
-        if isinstance(value, int) and not isinstance(value, bool):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            found.extend(v for v in value if isinstance(v, int) and not isinstance(v, bool))
+        for item in (value if isinstance(value, (list, tuple)) else (value,)):
+            for v in ((item.start, item.stop, item.step) if isinstance(item, slice) else (item,)):  # x[a:b]
+                if isinstance(v, int) and not isinstance(v, bool):
+                    found.append(v)
     return found
 
 

@@ -131,6 +131,9 @@ def slice_(call: OpCall) -> None:
         call.set(out, dims[:dim] + [Cat(())] + dims[dim + 1:])
         return
     space = call.space
+    for bound in (call.arg("start"), call.arg("end")):
+        if isinstance(bound, int):  # bounds Python computed from a traced size restructure the dim first
+            call.size_exprs([bound])
     first_new = len(space.atoms)
     try:
         pieces = space.cut(dims[dim], [start, end])
