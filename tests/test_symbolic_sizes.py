@@ -292,3 +292,51 @@ def test_a_product_of_sizes_read_from_shapes_follows_pruning():
     tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
     assert (model.inp.out_features, model.kv.out_features, model.out.in_features) == (8, 16, 8)
     trains(model, x)
+
+
+class InceptionSplit(nn.Module):
+    """InceptionNeXt: ``torch.split(x, self.split_indexes)`` with the sizes kept as a tuple attribute."""
+
+    def __init__(self, dim: int = 32, gc: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 3, padding=1)
+        self.split_indexes = (dim - 2 * gc, gc, gc)
+        self.hw = nn.Conv2d(gc, gc, 3, padding=1, groups=gc)
+        self.w = nn.Conv2d(gc, gc, (1, 3), padding=(0, 1), groups=gc)
+        self.fc = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        ident, hw, w = torch.split(self.stem(x), self.split_indexes, dim=1)
+        return self.fc(torch.cat((ident, self.hw(hw), self.w(w)), 1).mean((2, 3)))
+
+
+@pytest.fixture
+def split_list_plugin():
+    plugin = types.ModuleType("split_list_sizes")
+    plugin.collect_structure_hints = tp.hookimpl(lambda model: [
+        tp.SizeAttribute(m, "split_indexes") for m in model.modules() if isinstance(m, InceptionSplit)])
+    hub = _plugins.get_hub()
+    hub.register(plugin, "split_list_sizes")
+    yield
+    hub.unregister("split_list_sizes")
+
+
+def test_a_split_at_a_declared_tuple_of_sizes_prunes_every_part_and_updates_the_tuple(split_list_plugin, tmp_path):
+    model, x = InceptionSplit().eval(), torch.randn(2, 3, 6, 6)
+    oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.stem, tp.prune_conv_out_channels, [0, 25, 30]))
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert model.stem.out_channels == 16 and model.split_indexes == (12, 2, 2)
+    assert (model.hw.out_channels, model.w.in_channels) == (2, 2)
+    expected = model(x)
+    tp.save_pruned(model, str(tmp_path / "saved"))
+    fresh = tp.load_pruned(InceptionSplit().eval(), str(tmp_path / "saved"))
+    assert list(fresh.split_indexes) == [12, 2, 2]
+    torch.testing.assert_close(fresh(x), expected, rtol=0, atol=0)
+    trains(model, x)
+
+
+def test_a_size_list_that_holds_something_else_is_a_plugin_error():
+    module = InceptionSplit()
+    module.split_indexes = (24, "4")
+    with pytest.raises(tp.PluginError, match="'split_indexes' must be an int attribute .* list or tuple of ints"):
+        tp.SizeAttribute(module, "split_indexes")

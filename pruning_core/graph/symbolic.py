@@ -102,9 +102,11 @@ class SizeBinding:
     """
 
     def __init__(self, recorder: "Recorder", module: nn.Module, attribute: str, value: int,
-                 slot: Optional[Tuple[nn.Module, str]] = None, count: bool = False) -> None:
+                 slot: Optional[Tuple[nn.Module, str]] = None, count: bool = False,
+                 index: Optional[int] = None) -> None:
         self.recorder, self.module, self.attribute, self.value, self.slot = recorder, module, attribute, value, slot
         self.count = count  # a count of heads: bound and written back, but not unlocked for pruning
+        self.index = index  # the position in a list or tuple attribute (split sizes), or None for an int
         self.bound: Optional[Expr] = None
 
     def expr(self) -> Optional[Expr]:
@@ -343,15 +345,27 @@ def followed_attributes(recorder: "Recorder", model: nn.Module, handled: Dict[in
                     module.__dict__[attr] = TracedSize(value, BindingSource(recorder, binding))
         for module, attr, count in declared:
             value = module.__dict__.get(attr)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 1:
-                binding = SizeBinding(recorder, module, attr, value, count=count)
-                recorder.size_bindings.append(binding)
+            if isinstance(value, (list, tuple)):  # split sizes: each size is followed on its own
                 replaced.append((module, attr, value))
-                module.__dict__[attr] = TracedSize(value, BindingSource(recorder, binding))
+                module.__dict__[attr] = type(value)(_traced(recorder, module, attr, v, count, i)
+                                                    for i, v in enumerate(value))
+            elif isinstance(value, int):
+                replaced.append((module, attr, value))
+                module.__dict__[attr] = _traced(recorder, module, attr, value, count, None)
         yield
     finally:
         for module, attr, value in replaced:
             module.__dict__[attr] = value
+
+
+def _traced(recorder: "Recorder", module: nn.Module, attr: str, value: Any, count: bool,
+            index: Optional[int]) -> Any:
+    """A declared size as a :class:`TracedSize` bound to a new :class:`SizeBinding` (sizes below 2 stay as they are)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+        return value
+    binding = SizeBinding(recorder, module, attr, value, count=count, index=index)
+    recorder.size_bindings.append(binding)
+    return TracedSize(value, BindingSource(recorder, binding))
 
 
 def scrub(model: nn.Module) -> None:

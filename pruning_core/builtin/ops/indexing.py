@@ -62,9 +62,12 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
     """
     expr = call.dims(source)[dim]
     space = call.space
+    requested = call.arg("split_sizes")
     if len(sizes) > 1 and len(set(sizes)) == 1:
         outer, inner = space.split_factor(expr, len(sizes))
         space.mark(outer, STRUCTURED, f"number of parts in {call.name}")
+        if isinstance(requested, (list, tuple)) and len(requested) == len(sizes):
+            call.follow_sizes(requested, [inner] * len(sizes))  # declared split sizes learn what they measure
         return [inner] * len(sizes)
     first_new = len(space.atoms)
     offsets, acc = [], 0
@@ -74,7 +77,6 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
     pieces = space.cut(expr, offsets)
     followed: Set[int] = set()
     last = len(space.atoms)  # following may create the slots of a layer that has not run yet
-    requested = call.arg("split_sizes")
     if isinstance(requested, (list, tuple)) and len(requested) == len(pieces):
         # torch.split(x, [self.dim_conv, self.dim_untouched]): followed sizes are not written in code.
         for piece, traced in zip(pieces, call.follow_sizes(requested, pieces)):

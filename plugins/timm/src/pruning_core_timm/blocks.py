@@ -85,15 +85,27 @@ def attention_sizes(module: nn.Module) -> Optional[SizeAttribute]:
     return SizeAttribute(module, tuple(sizes + widths), counts=("num_heads",) if heads > 1 else ())
 
 
+def split_sizes(module: nn.Module) -> Optional[SizeAttribute]:
+    """Lists of split sizes kept as attributes (``torch.split(x, self.split_indexes)``), as a :class:`SizeAttribute`.
+
+    Recognised by name (``split`` in it: InceptionNeXt's ``split_indexes``, CoaT's ``channel_splits``) and
+    value (a list or tuple of at least two ints); a list the forward never splits with is never bound.
+    """
+    names = tuple(name for name, value in module.__dict__.items()
+                  if "split" in name and isinstance(value, (list, tuple)) and len(value) > 1
+                  and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+    return SizeAttribute(module, names) if names else None
+
+
 def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHint, SizeAttribute]]:
     records: List[Union[AttentionLayout, StructureHint, SizeAttribute]] = []
     for _, module in model.named_modules():
         layout = attention_layout(module)
         if layout is not None:
             records.append(layout)
-        sized = attention_sizes(module)
-        if sized is not None:
-            records.append(sized)
+        for sized in (attention_sizes(module), split_sizes(module)):
+            if sized is not None:
+                records.append(sized)
         sizes = SIZE_ATTRIBUTES.get(type(module).__name__)
         if sizes and all(isinstance(getattr(module, name, None), int) for name in sizes):
             records.append(SizeAttribute(module, sizes))  # followed while tracing, set after pruning
