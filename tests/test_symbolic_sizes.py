@@ -340,3 +340,44 @@ def test_a_size_list_that_holds_something_else_is_a_plugin_error():
     module.split_indexes = (24, "4")
     with pytest.raises(tp.PluginError, match="'split_indexes' must be an int attribute .* list or tuple of ints"):
         tp.SizeAttribute(module, "split_indexes")
+
+
+class PathSplit(nn.Module):
+    """SKNet: ``torch.split(x, self.in_channels // self.paths)``, one part per convolution path."""
+
+    def __init__(self, channels: int = 16, paths: int = 2) -> None:
+        super().__init__()
+        self.in_channels, self.paths = channels, paths
+        self.convs = nn.ModuleList(nn.Conv2d(channels // paths, 8, 3, padding=1) for _ in range(paths))
+
+    def forward(self, x):
+        parts = torch.split(x, self.in_channels // self.paths, 1)
+        return sum(conv(part) for conv, part in zip(self.convs, parts))
+
+
+class PathNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = PathSplit()
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.block(self.stem(x)).mean((2, 3)))
+
+
+def test_a_split_at_a_declared_width_divided_by_a_count_follows_pruning():
+    plugin = types.ModuleType("path_split_sizes")
+    plugin.collect_structure_hints = tp.hookimpl(lambda model: [
+        tp.SizeAttribute(m, "in_channels") for m in model.modules() if isinstance(m, PathSplit)])
+    hub = _plugins.get_hub()
+    hub.register(plugin, "path_split_sizes")
+    try:
+        model, x = PathNet().eval(), torch.randn(2, 3, 6, 6)
+        group = oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.stem, tp.prune_conv_out_channels, [1]))
+        assert group.root_idxs == [1, 9]  # the same channel of both parts
+        tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    finally:
+        hub.unregister("path_split_sizes")
+    assert (model.stem.out_channels, model.block.in_channels, model.block.convs[0].in_channels) == (8, 8, 4)
+    trains(model, x)

@@ -172,7 +172,7 @@ class ChannelRemover:
         for binding in self.traced.recorder.size_bindings:
             if binding.follows_pruning:
                 target = lookup.get(self.traced.name_of(binding.module))  # the model, or a trial copy
-                size = current_size(resolve(binding.bound))  # the atom may have been split since
+                size = current_size(resolve(binding.bound)) * binding.scale  # the atom may have been split since
                 value = getattr(target, binding.attribute, None) if target is not None else None
                 if binding.index is not None and isinstance(value, (list, tuple)):  # one of the split sizes
                     size = type(value)(size if i == binding.index else v for i, v in enumerate(value))

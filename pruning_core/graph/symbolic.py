@@ -108,17 +108,22 @@ class SizeBinding:
         self.count = count  # a count of heads: bound and written back, but not unlocked for pruning
         self.index = index  # the position in a list or tuple attribute (split sizes), or None for an int
         self.bound: Optional[Expr] = None
+        self.scale = 1  # ``in_channels // paths`` sized a part: the attribute is ``scale`` times ``bound``
 
     def expr(self) -> Optional[Expr]:
         if self.slot is not None:
             module, side = self.slot
             slots = self.recorder.slots_of_module(module)
             return None if slots is None else (slots[1] if side == "out" else slots[0]).expr
-        return self.bound
+        return self.bound if self.scale == 1 else None
 
-    def bind(self, expr: Expr) -> None:
-        if self.slot is None and self.bound is None:
-            self.bound = expr
+    @property
+    def unbound(self) -> bool:
+        return self.slot is None and self.bound is None
+
+    def bind(self, expr: Expr, scale: int = 1) -> None:
+        if self.unbound:
+            self.bound, self.scale = expr, scale
 
     @property
     def follows_pruning(self) -> bool:
@@ -312,9 +317,14 @@ def follow(recorder: "Recorder", sizes: Sequence[int], produced: Sequence[Expr])
         if source is None:
             traced.append(False)
             continue
-        if isinstance(source, BindingSource) and source.binding.expr() is None:
+        if isinstance(source, BindingSource) and source.binding.unbound:
             source.binding.bind(resolve(expr))
             traced.append(not source.binding.count)
+            continue
+        base = source.base if isinstance(source, QuotientSource) else None
+        if isinstance(base, BindingSource) and base.binding.unbound and not base.binding.count:
+            base.binding.bind(resolve(expr), scale=source.divisor)  # ``self.in_channels // self.num_paths``
+            traced.append(True)
             continue
         try:
             known = source.expr()

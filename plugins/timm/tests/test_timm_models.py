@@ -220,6 +220,7 @@ SIZED_BY_ATTRIBUTES = [
     ("gcvit_xxtiny", {}),
     ("inception_next_atto", {}),
     ("coat_lite_tiny", {}),
+    ("skresnet18", {}),  # torch.split(x, self.in_channels // self.num_paths)
     ("coat_tiny", {"serial_depths": (1, 1, 1, 1), "parallel_depth": 1}),
 ]
 

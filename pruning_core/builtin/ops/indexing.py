@@ -66,8 +66,10 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
     if len(sizes) > 1 and len(set(sizes)) == 1:
         outer, inner = space.split_factor(expr, len(sizes))
         space.mark(outer, STRUCTURED, f"number of parts in {call.name}")
-        if isinstance(requested, (list, tuple)) and len(requested) == len(sizes):
-            call.follow_sizes(requested, [inner] * len(sizes))  # declared split sizes learn what they measure
+        if isinstance(call.arg("split_size"), int):  # torch.split(x, self.in_channels // self.num_paths)
+            requested = [call.arg("split_size")]
+        if isinstance(requested, (list, tuple)) and len(requested) in (1, len(sizes)):
+            call.follow_sizes(requested, [inner] * len(requested))  # declared sizes learn what they measure
         return [inner] * len(sizes)
     first_new = len(space.atoms)
     offsets, acc = [], 0

@@ -97,13 +97,28 @@ def split_sizes(module: nn.Module) -> Optional[SizeAttribute]:
     return SizeAttribute(module, names) if names else None
 
 
+BLOCK_WIDTHS = ("in_channels", "out_channels")  # kept by blocks (not layers) that size a split with them
+
+
+def block_widths(module: nn.Module) -> Optional[SizeAttribute]:
+    """Channel counts a block (a module with children, not a conv) keeps, as a :class:`SizeAttribute`.
+
+    SKNet's ``torch.split(x, self.in_channels // self.num_paths)``: declared, the part follows pruning
+    and ``in_channels`` is set to its new width. A count the forward never sizes a shape with is never bound.
+    """
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or next(module.children(), None) is None:
+        return None
+    names = tuple(name for name in BLOCK_WIDTHS if (_int_attr(module, name) or 0) > 1)
+    return SizeAttribute(module, names) if names else None
+
+
 def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHint, SizeAttribute]]:
     records: List[Union[AttentionLayout, StructureHint, SizeAttribute]] = []
     for _, module in model.named_modules():
         layout = attention_layout(module)
         if layout is not None:
             records.append(layout)
-        for sized in (attention_sizes(module), split_sizes(module)):
+        for sized in (attention_sizes(module), split_sizes(module), block_widths(module)):
             if sized is not None:
                 records.append(sized)
         sizes = SIZE_ATTRIBUTES.get(type(module).__name__)
