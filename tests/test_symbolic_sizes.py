@@ -381,3 +381,36 @@ def test_a_split_at_a_declared_width_divided_by_a_count_follows_pruning():
         hub.unregister("path_split_sizes")
     assert (model.stem.out_channels, model.block.in_channels, model.block.convs[0].in_channels) == (8, 8, 4)
     trains(model, x)
+
+
+class PartialAttention(nn.Module):
+    """SHViT: ``torch.split(x, [self.pdim, self.dim - self.pdim])`` and ``reshape(B, self.pdim, H, W)``."""
+
+    def __init__(self, dim: int = 16, pdim: int = 4) -> None:
+        super().__init__()
+        self.dim, self.pdim = dim, pdim
+        self.stem = nn.Conv2d(3, dim, 3, padding=1)
+        self.mix = nn.Conv2d(pdim, pdim, 1)
+        self.fc = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        B, _, H, W = x.shape
+        a, b = torch.split(x, [self.pdim, self.dim - self.pdim], dim=1)
+        a = self.mix(a).flatten(2).softmax(-1).reshape(B, self.pdim, H, W)
+        return self.fc(torch.cat((a, b), 1).mean((2, 3)))
+
+
+def test_a_split_at_an_attribute_and_the_rest_of_another_follows_pruning():
+    plugin = types.ModuleType("partial_attention_sizes")
+    plugin.collect_structure_hints = tp.hookimpl(lambda model: [tp.SizeAttribute(model, ("dim", "pdim"))])
+    hub = _plugins.get_hub()
+    hub.register(plugin, "partial_attention_sizes")
+    try:
+        model, x = PartialAttention().eval(), torch.randn(2, 3, 6, 6)
+        oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.stem, tp.prune_conv_out_channels, [1, 9]))
+        tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    finally:
+        hub.unregister("partial_attention_sizes")
+    assert (model.stem.out_channels, model.dim, model.pdim, model.mix.in_channels) == (8, 8, 2, 2)
+    trains(model, x)

@@ -25,155 +25,12 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import torch
 from torch import nn
 
-from .dims import STRUCTURED, DimError, Expr, Prod, resolve
+from .dims import Cat, DimError, Expr, resolve
+from .sizes import (BindingSource, DifferenceSource, DimSource, QuotientSource, SizeBinding,  # noqa: F401
+                    Source, TracedShape, TracedSize)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trace import Recorder
-
-
-class Source:
-    """Where a traced Python int came from; resolves to a dimension expression of one trace."""
-
-    def __init__(self, recorder: "Recorder") -> None:
-        self.recorder = recorder
-
-    def expr(self) -> Optional[Expr]:
-        raise NotImplementedError
-
-
-class DimSource(Source):
-    """Dim ``dim`` of the traced tensor with serial ``serial``."""
-
-    def __init__(self, recorder: "Recorder", serial: int, dim: int) -> None:
-        super().__init__(recorder)
-        self.serial, self.dim = serial, dim
-
-    def expr(self) -> Optional[Expr]:
-        return self.recorder.tensor_dims[self.serial][self.dim]
-
-
-class QuotientSource(Source):
-    """``base // divisor``: the inner factor when ``base`` is seen as ``divisor`` blocks (heads)."""
-
-    def __init__(self, base: Source, divisor: int) -> None:
-        super().__init__(base.recorder)
-        self.base, self.divisor = base, divisor
-
-    def expr(self) -> Optional[Expr]:
-        base = self.base.expr()
-        if base is None:
-            return None
-        space = self.recorder.space
-        outer, inner = space.split_factor(base, self.divisor)
-        space.mark(outer, STRUCTURED, f"count written in code (a size divided by {self.divisor})")
-        return inner
-
-
-class ProductSource(Source):
-    """``a * b`` of traced sizes (``num_heads * C``), or ``k * a``: a multiple is an offset, not a dim."""
-
-    def __init__(self, factors: Sequence[Source], multiple: int = 1) -> None:
-        super().__init__(factors[0].recorder)
-        self.factors, self.multiple = list(factors), multiple
-
-    def expr(self) -> Optional[Expr]:
-        exprs = [factor.expr() for factor in self.factors]  # evaluated for their effect (heads cut out)
-        if self.multiple != 1 or any(e is None for e in exprs):
-            return None
-        return resolve(Prod(tuple(exprs))) if len(exprs) > 1 else exprs[0]
-
-
-class BindingSource(Source):
-    """A size attribute of a module; what it measures is learned at its first use in a shape."""
-
-    def __init__(self, recorder: "Recorder", binding: "SizeBinding") -> None:
-        super().__init__(recorder)
-        self.binding = binding
-
-    def expr(self) -> Optional[Expr]:
-        return self.binding.expr()
-
-
-class SizeBinding:
-    """``module.attribute`` measures ``expr``; after pruning the core writes the new size back.
-
-    ``slot`` is ``(module, side)`` when a handler declared the attribute (its handler keeps it
-    up to date); otherwise the first shape operation that uses the value defines ``expr``.
-    """
-
-    def __init__(self, recorder: "Recorder", module: nn.Module, attribute: str, value: int,
-                 slot: Optional[Tuple[nn.Module, str]] = None, count: bool = False,
-                 index: Optional[int] = None) -> None:
-        self.recorder, self.module, self.attribute, self.value, self.slot = recorder, module, attribute, value, slot
-        self.count = count  # a count of heads: bound and written back, but not unlocked for pruning
-        self.index = index  # the position in a list or tuple attribute (split sizes), or None for an int
-        self.bound: Optional[Expr] = None
-        self.scale = 1  # ``in_channels // paths`` sized a part: the attribute is ``scale`` times ``bound``
-
-    def expr(self) -> Optional[Expr]:
-        if self.slot is not None:
-            module, side = self.slot
-            slots = self.recorder.slots_of_module(module)
-            return None if slots is None else (slots[1] if side == "out" else slots[0]).expr
-        return self.bound if self.scale == 1 else None
-
-    @property
-    def unbound(self) -> bool:
-        return self.slot is None and self.bound is None
-
-    def bind(self, expr: Expr, scale: int = 1) -> None:
-        if self.unbound:
-            self.bound, self.scale = expr, scale
-
-    @property
-    def follows_pruning(self) -> bool:
-        """Whether the core must write this attribute after pruning (its handler does not)."""
-        return self.slot is None and self.bound is not None
-
-
-class TracedSize(int):
-    """An ``int`` that remembers which traced dimension it measures."""
-
-    def __new__(cls, value: int, source: Source) -> "TracedSize":
-        obj = int.__new__(cls, value)
-        obj.source = source
-        return obj
-
-    def __floordiv__(self, other: Any) -> Any:
-        plain = int(self) // other if not isinstance(other, int) else int(self) // int(other)
-        if isinstance(other, int) and not isinstance(other, bool) and other > 1 and int(self) % int(other) == 0:
-            return TracedSize(plain, QuotientSource(self.source, int(other)))
-        return plain
-
-    def __mul__(self, other: Any) -> Any:
-        plain = int.__mul__(self, other)
-        if isinstance(other, TracedSize) and other.source.recorder is self.source.recorder:
-            return TracedSize(plain, ProductSource([self.source, other.source]))
-        if isinstance(other, int) and not isinstance(other, bool) and other > 1:
-            return TracedSize(plain, ProductSource([self.source], int(other)))
-        return plain
-
-    __rmul__ = __mul__
-
-    def __repr__(self) -> str:
-        return int.__repr__(self)
-
-    def __reduce__(self) -> Any:  # pickles and copies as the plain number
-        return (int, (int(self),))
-
-
-class TracedShape(tuple):
-    """``x.shape`` while tracing: a tuple of :class:`TracedSize`, with ``torch.Size``'s ``numel``."""
-
-    def numel(self) -> int:
-        total = 1
-        for size in self:
-            total *= int(size)
-        return total
-
-    def __getitem__(self, item: Any) -> Any:
-        value = tuple.__getitem__(self, item)
-        return TracedShape(value) if isinstance(item, slice) else value
 
 
 _TENSOR_SIZING = ("view", "reshape", "expand", "split", "split_with_sizes", "unflatten", "new_zeros", "new_ones",
@@ -321,6 +178,13 @@ def follow(recorder: "Recorder", sizes: Sequence[int], produced: Sequence[Expr])
             source.binding.bind(resolve(expr))
             traced.append(not source.binding.count)
             continue
+        if isinstance(source, DifferenceSource) and isinstance(source.whole, BindingSource) \
+                and source.whole.binding.unbound and not source.whole.binding.count:
+            part = source.part.expr()  # split(x, [self.pdim, self.dim - self.pdim]): dim is both parts
+            if part is not None:
+                source.whole.binding.bind(resolve(Cat((part, expr))))
+                traced.append(True)
+                continue
         base = source.base if isinstance(source, QuotientSource) else None
         if isinstance(base, BindingSource) and base.binding.unbound and not base.binding.count:
             base.binding.bind(resolve(expr), scale=source.divisor)  # ``self.in_channels // self.num_paths``
@@ -355,6 +219,8 @@ def followed_attributes(recorder: "Recorder", model: nn.Module, handled: Dict[in
                     module.__dict__[attr] = TracedSize(value, BindingSource(recorder, binding))
         for module, attr, count in declared:
             value = module.__dict__.get(attr)
+            if isinstance(value, TracedSize):  # a handler follows it already
+                continue
             if isinstance(value, (list, tuple)):  # split sizes: each size is followed on its own
                 replaced.append((module, attr, value))
                 module.__dict__[attr] = type(value)(_traced(recorder, module, attr, v, count, i)

@@ -8,6 +8,7 @@ pruning_core does their arithmetic.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Optional, Union
 
 from torch import nn
@@ -48,13 +49,9 @@ def final_classifiers(model: nn.Module) -> List[nn.Module]:
     return finals
 
 
-# Blocks whose forward sizes a split or reshape with these int attributes.
-SIZE_ATTRIBUTES = {
-    "Partial_conv3": ("dim_conv3", "dim_untouched"),  # FasterNet: torch.split(x, [dim_conv3, dim_untouched])
-}
-
-HEAD_SIZES = ("head_dim", "dim_head")  # the size of one head, as timm's attention blocks name it
-HEADS_WIDTHS = ("dim", "attn_dim")  # the width of all heads together, where a block keeps it
+SIZE_NAME = re.compile(r"dim|channels|chs")  # dim, pdim, qk_dim, head_dim, dim_conv3, in_channels, out_chs...
+LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+          nn.Embedding)  # their handlers follow their own size attributes
 
 
 def _int_attr(module: nn.Module, name: str) -> Optional[int]:
@@ -62,54 +59,39 @@ def _int_attr(module: nn.Module, name: str) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def attention_sizes(module: nn.Module) -> Optional[SizeAttribute]:
-    """The head size and head count of an attention block that reshapes with them, as a :class:`SizeAttribute`.
+def _head_count(module: nn.Module, sizes: List[str]) -> Optional[str]:
+    """``num_heads`` when ``module`` is attention cut into that many heads of a declared head size.
 
-    ``reshape(B, N, 2, self.num_heads, self.head_dim)`` (PVT-v2, GC-ViT, VOLO...) sizes a view with
-    attributes; declared, the head size follows pruning of the projections it cuts and the head count
-    is kept up to date. A block qualifies by its shape, not its class: an int ``num_heads``, a head size
-    (``head_dim`` or ``dim_head``) and a direct Linear/Conv child whose output is 1, 2 or 3 times
-    ``num_heads * head_size`` (q, kv, qkv). A width attribute (``dim``, ``attn_dim``) equal to
-    ``num_heads * head_size`` is declared with them.
+    It qualifies by shape, not class: a direct Linear/Conv child whose output is 1, 2 or 3 times
+    ``num_heads * head_dim`` (q, kv, qkv).
     """
     heads = _int_attr(module, "num_heads")
-    sizes = [name for name in HEAD_SIZES if (_int_attr(module, name) or 0) > 1]
-    if heads is None or heads < 1 or not sizes:
-        return None
-    width = heads * _int_attr(module, sizes[0])
     outputs = {getattr(child, "out_features", None) or getattr(child, "out_channels", None)
                for child in module.children() if isinstance(child, (nn.Linear, nn.Conv2d))}
-    if not outputs & {width, 2 * width, 3 * width}:
-        return None
-    widths = [name for name in HEADS_WIDTHS if _int_attr(module, name) == width]
-    return SizeAttribute(module, tuple(sizes + widths), counts=("num_heads",) if heads > 1 else ())
+    for name in ("head_dim", "dim_head"):
+        if heads and heads > 1 and name in sizes and outputs & {k * heads * module.__dict__[name] for k in (1, 2, 3)}:
+            return "num_heads"
+    return None
 
 
-def split_sizes(module: nn.Module) -> Optional[SizeAttribute]:
-    """Lists of split sizes kept as attributes (``torch.split(x, self.split_indexes)``), as a :class:`SizeAttribute`.
+def block_sizes(module: nn.Module) -> Optional[SizeAttribute]:
+    """The sizes a block keeps as attributes, declared as a :class:`SizeAttribute` so they follow pruning.
 
-    Recognised by name (``split`` in it: InceptionNeXt's ``split_indexes``, CoaT's ``channel_splits``) and
-    value (a list or tuple of at least two ints); a list the forward never splits with is never bound.
+    Recognised by name and value, never by class: ints named like a width (``dim``, ``pdim``, ``head_dim``,
+    ``dim_conv3``, ``in_channels``...: PVT-v2's and GC-ViT's ``reshape(B, N, self.num_heads, self.head_dim)``,
+    SHViT's ``split(x, [self.pdim, self.dim - self.pdim])``, SKNet's ``split(x, self.in_channels // paths)``,
+    FasterNet's ``split(x, [self.dim_conv3, self.dim_untouched])``), lists of ints named like split sizes
+    (InceptionNeXt's ``split_indexes``, CoaT's ``channel_splits``), and ``num_heads`` of attention as a count.
+    An attribute the forward never sizes a shape with is never bound, and so never changed.
     """
-    names = tuple(name for name, value in module.__dict__.items()
-                  if "split" in name and isinstance(value, (list, tuple)) and len(value) > 1
-                  and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
-    return SizeAttribute(module, names) if names else None
-
-
-BLOCK_WIDTHS = ("in_channels", "out_channels")  # kept by blocks (not layers) that size a split with them
-
-
-def block_widths(module: nn.Module) -> Optional[SizeAttribute]:
-    """Channel counts a block (a module with children, not a conv) keeps, as a :class:`SizeAttribute`.
-
-    SKNet's ``torch.split(x, self.in_channels // self.num_paths)``: declared, the part follows pruning
-    and ``in_channels`` is set to its new width. A count the forward never sizes a shape with is never bound.
-    """
-    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or next(module.children(), None) is None:
+    if isinstance(module, LAYERS):
         return None
-    names = tuple(name for name in BLOCK_WIDTHS if (_int_attr(module, name) or 0) > 1)
-    return SizeAttribute(module, names) if names else None
+    sizes = [name for name in module.__dict__ if SIZE_NAME.search(name) and (_int_attr(module, name) or 0) > 1]
+    sizes += [name for name, value in module.__dict__.items()
+              if "split" in name and isinstance(value, (list, tuple)) and len(value) > 1
+              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)]
+    count = _head_count(module, sizes)
+    return SizeAttribute(module, tuple(sizes), counts=(count,) if count else ()) if sizes else None
 
 
 def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHint, SizeAttribute]]:
@@ -118,12 +100,9 @@ def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHi
         layout = attention_layout(module)
         if layout is not None:
             records.append(layout)
-        for sized in (attention_sizes(module), split_sizes(module), block_widths(module)):
-            if sized is not None:
-                records.append(sized)
-        sizes = SIZE_ATTRIBUTES.get(type(module).__name__)
-        if sizes and all(isinstance(getattr(module, name, None), int) for name in sizes):
-            records.append(SizeAttribute(module, sizes))  # followed while tracing, set after pruning
+        sized = block_sizes(module) if module is not model else None  # the model's widths: fix_model
+        if sized is not None:
+            records.append(sized)  # followed while tracing, set after pruning
         if type(module).__name__ == "SelectiveKernelAttn" and isinstance(getattr(module, "num_paths", None), int):
             # fc_select's output is viewed as (paths, channels): one attention map per kernel path.
             records.append(StructureHint(module=module.fc_select, out_channel_groups=module.num_paths))
