@@ -414,3 +414,58 @@ def test_a_split_at_an_attribute_and_the_rest_of_another_follows_pruning():
         hub.unregister("partial_attention_sizes")
     assert (model.stem.out_channels, model.dim, model.pdim, model.mix.in_channels) == (8, 8, 2, 2)
     trains(model, x)
+
+
+class ContextSplit(nn.Module):
+    """RAFT: ``split(c, [self.hidden, c.shape[1] - self.hidden])``, the hidden part sized by an attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = 6
+        self.context = nn.Conv2d(3, 16, 3, padding=1)
+        self.gru = nn.Conv2d(6, 4, 1)
+        self.ctx = nn.Conv2d(10, 4, 1)
+
+    def forward(self, x):
+        c = self.context(x)
+        hidden, context = torch.split(c, [self.hidden, c.shape[1] - self.hidden], dim=1)
+        return (self.gru(hidden) + self.ctx(context)).mean((2, 3))
+
+
+def test_a_split_at_an_attribute_and_the_rest_of_a_shape_follows_pruning():
+    plugin = types.ModuleType("context_split_sizes")
+    plugin.collect_structure_hints = tp.hookimpl(lambda model: [tp.SizeAttribute(model, "hidden")])
+    hub = _plugins.get_hub()
+    hub.register(plugin, "context_split_sizes")
+    try:
+        model, x = ContextSplit().eval(), torch.randn(2, 3, 6, 6)
+        group = oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.context, tp.prune_conv_out_channels,
+                                                                          [1, 9]))
+        assert sorted(sorted(i) for d, i in group if d.handler == tp.prune_conv_in_channels) == [[1], [3]]
+        tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    finally:
+        hub.unregister("context_split_sizes")
+    assert (model.context.out_channels, model.hidden, model.gru.in_channels, model.ctx.in_channels) == (8, 3, 3, 5)
+    trains(model, x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["swin_v2_t", "raft_small"])
+def test_torchvision_models_sized_in_python_prune_to_about_a_quarter(name):
+    """Swin V2's qkv bias slice and RAFT's context split kept 66-69% of the parameters at ratio 0.5."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    if name == "raft_small":
+        model, x = torchvision.models.get_model(name).eval(), (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128))
+        call = lambda m: m(*x)[-1]  # noqa: E731 - the last flow estimate
+    else:
+        model = torchvision.models.get_model(name, num_classes=10).eval()
+        x = torch.randn(1, 3, 128, 128)
+        call = lambda m: m(x)  # noqa: E731
+    before = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        shape = call(model).shape
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert sum(p.numel() for p in model.parameters()) < 0.4 * before
+    with torch.no_grad():
+        assert call(model).shape == shape

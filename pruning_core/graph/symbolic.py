@@ -178,13 +178,9 @@ def follow(recorder: "Recorder", sizes: Sequence[int], produced: Sequence[Expr])
             source.binding.bind(resolve(expr))
             traced.append(not source.binding.count)
             continue
-        if isinstance(source, DifferenceSource) and isinstance(source.whole, BindingSource) \
-                and source.whole.binding.unbound and not source.whole.binding.count:
-            part = source.part.expr()  # split(x, [self.pdim, self.dim - self.pdim]): dim is both parts
-            if part is not None:
-                source.whole.binding.bind(resolve(Cat((part, expr))))
-                traced.append(True)
-                continue
+        if isinstance(source, DifferenceSource):  # split(x, [self.pdim, self.dim - self.pdim]): the rest
+            traced.append(_follow_rest(recorder, source, expr))
+            continue
         base = source.base if isinstance(source, QuotientSource) else None
         if isinstance(base, BindingSource) and base.binding.unbound and not base.binding.count:
             base.binding.bind(resolve(expr), scale=source.divisor)  # ``self.in_channels // self.num_paths``
@@ -201,6 +197,27 @@ def follow(recorder: "Recorder", sizes: Sequence[int], produced: Sequence[Expr])
             continue
         traced.append(True)
     return traced
+
+
+def _follow_rest(recorder: "Recorder", source: DifferenceSource, rest: Expr) -> bool:
+    """``whole - part`` sized ``rest``: ``whole`` is ``part`` then ``rest`` (bound, when an unbound attribute)."""
+    part = source.part.expr()
+    if part is None:
+        return False
+    whole = source.whole.binding if isinstance(source.whole, BindingSource) else None
+    if whole is not None and whole.unbound:
+        if whole.count:
+            return False
+        whole.bind(resolve(Cat((part, rest))))
+        return True
+    known = source.whole.expr()
+    try:
+        if known is None:
+            return False
+        recorder.space.unify(known, Cat((part, rest)))  # RAFT: context_out.shape[1] - hidden_state_size
+    except DimError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
