@@ -223,11 +223,14 @@ SIZED_BY_ATTRIBUTES = [
     ("skresnet18", {}),  # torch.split(x, self.in_channels // self.num_paths)
     ("shvit_s1", {"depth": (1, 1, 1)}),  # torch.split(x, [self.pdim, self.dim - self.pdim])
     ("efficientvit_m0", {"depth": (1, 1, 1)}),  # split([self.key_dim, self.key_dim, self.val_dim])
+    ("nextvit_small", {}),  # reshape(B, N, self.num_heads, self.head_dim)
     ("coat_tiny", {"serial_depths": (1, 1, 1, 1), "parallel_depth": 1}),
 ]
 
 
-@pytest.mark.parametrize("name,kwargs", SIZED_BY_ATTRIBUTES, ids=[m[0] for m in SIZED_BY_ATTRIBUTES])
+@pytest.mark.parametrize("name,kwargs", [pytest.param(n, k, id=n, marks=[pytest.mark.slow] * (n in ("nextvit_small",
+                                                                                        "gcvit_xxtiny")))
+                                         for n, k in SIZED_BY_ATTRIBUTES])
 def test_sizes_kept_as_attributes_follow_pruning(name, kwargs):
     model, x = build(name, kwargs)
     with torch.no_grad():
