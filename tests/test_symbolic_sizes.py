@@ -469,3 +469,38 @@ def test_torchvision_models_sized_in_python_prune_to_about_a_quarter(name):
     assert sum(p.numel() for p in model.parameters()) < 0.4 * before
     with torch.no_grad():
         assert call(model).shape == shape
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """torchvision's ShuffleNetV2: sizes read with ``x.size()``, the channels regrouped in another order."""
+    batch, channels, height, width = x.size()
+    x = x.view(batch, groups, channels // groups, height, width).transpose(1, 2).contiguous()
+    return x.view(batch, channels, height, width)
+
+
+class ShuffleNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.branch = nn.Conv2d(8, 8, 1)
+        self.branch2 = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for branch in (self.branch, self.branch2):
+            keep, work = x.chunk(2, dim=1)
+            x = channel_shuffle(torch.cat((keep, branch(work)), 1), 2)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_channel_shuffle_sized_from_its_input_stays_a_shuffle():
+    # The view back measures C before the shuffle; tying it to the shuffled channels paired channels
+    # the shuffle moved, and the chunk after it could no longer be related (ShuffleNetV2 kept 52%).
+    model, x = ShuffleNet().eval(), torch.randn(2, 3, 6, 6)
+    oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.branch, tp.prune_conv_out_channels, [1]))
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    assert not [n for notes in DG.frozen_reasons().values() for n in notes if "could not be related" in n]
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.stem.out_channels, model.branch.out_channels, model.branch2.out_channels) == (8, 4, 4)
+    trains(model, x)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import torch
 from torch import nn
 
-from .dims import Cat, DimError, Expr, resolve
+from .dims import Cat, DimError, Expr, leaves, resolve
 from .sizes import (BindingSource, DifferenceSource, DimSource, QuotientSource, SizeBinding,  # noqa: F401
                     Source, TracedShape, TracedSize)
 
@@ -191,12 +191,24 @@ def follow(recorder: "Recorder", sizes: Sequence[int], produced: Sequence[Expr])
             if known is None:
                 traced.append(False)
                 continue
-            recorder.space.unify(expr, known)
+            if not _related(expr, known):
+                recorder.space.unify(expr, known)
         except DimError:
             traced.append(False)
             continue
         traced.append(True)
     return traced
+
+
+def _related(produced: Expr, measured: Expr) -> bool:
+    """Whether ``produced`` is already made of what ``measured`` is made of, so the size needs no tie.
+
+    A channel shuffle (``view(B, g, C // g, H, W)``, a transpose, then ``view(B, C, H, W)``) measures
+    ``C`` before the shuffle and produces the same channels in another order: the same size, not the
+    same positions, so tying the two dims would pair channels the shuffle moved.
+    """
+    ids = {id(atom) for atom in leaves(resolve(measured)) if atom.size > 1}
+    return any(id(atom) in ids for atom in leaves(resolve(produced)) if atom.size > 1)
 
 
 def _follow_rest(recorder: "Recorder", source: DifferenceSource, rest: Expr) -> bool:
