@@ -285,7 +285,7 @@ class SizeAttribute(_Stamped):
     every pruning (``torch.split(x, [self.dim_conv, self.dim_untouched])``).
 
     :param module: the module holding the attributes.
-    :param attributes: names of sizes (a split part, a channel dim, a head size); each holds an int.
+    :param attributes: names of sizes (a split part, a channel dim, a head size): ints, or lists of ints (split sizes).
     :param counts: names of counts (``n_heads``): followed and kept up to date like sizes, but a
         count is only pruned when asked (head pruning), as a head count written in code is.
     """
@@ -301,9 +301,9 @@ class SizeAttribute(_Stamped):
             object.__setattr__(self, field, (value,) if isinstance(value, str) else tuple(value))  # tuples
         for name in self.attributes + self.counts:
             value = getattr(self.module, name, None)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise PluginError(f"SizeAttribute for {type(self.module).__name__}: {name!r} must be an int "
-                                  f"attribute of the module, found {type(value).__name__}")
+            if not all(type(v) is int for v in (value if isinstance(value, (list, tuple)) and value else [value])):
+                raise PluginError(f"SizeAttribute for {type(self.module).__name__}: {name!r} must be an int attribute "
+                                  f"of the module (or a list or tuple of ints: split sizes), found {value!r:.60}")
 
 
 _ATTR_FIELDS = ("num_heads", "num_key_value_heads", "kv_groups", "head_dim", "width")

@@ -104,8 +104,19 @@ def test_chunk_couples_the_halves_and_split_at_constant_offsets_is_frozen():
     assert list(DG.get_all_groups()) == []
 
 
+def test_view_inferred_size_follows_pruning_of_its_dim():
+    # ``-1`` is what the other sizes leave of one dim, so it follows pruning (no hint needed).
+    model = OpNet(Lambda(lambda x: sum(x.view(2, 2, -1, 6, 6).unbind(1))), consumer_in=4)
+    group = oracle_check(model, X, producer_group([3]))
+    assert group.root_idxs == [3, 7]  # position 3 inside each of the two unbound halves
+    spanning = OpNet(Lambda(lambda x: x.reshape(-1, 4, 6, 6)[:2]), consumer_in=4)  # -1 takes in the batch
+    DG = tp.DependencyGraph().build_dependency(spanning, X)
+    with pytest.raises(tp.GraphError, match="size written in code"):
+        DG.get_pruning_group(spanning.producer, tp.prune_conv_out_channels, idxs=[3])
+
+
 def test_view_split_is_structured_until_a_hint_unlocks_it():
-    op = Lambda(lambda x: sum(x.view(2, 2, -1, 6, 6).unbind(1)))
+    op = Lambda(lambda x: sum(x.unflatten(1, (2, -1)).unbind(1)))  # the view gets the sizes unflatten computed
     model = OpNet(op, consumer_in=4)
     DG = tp.DependencyGraph().build_dependency(model, X)
     with pytest.raises(tp.GraphError, match="size written in code"):

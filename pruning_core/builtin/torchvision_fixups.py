@@ -18,6 +18,8 @@ SIZE_COUNTS: Dict[str, Tuple[str, ...]] = {
 SIZE_ATTRIBUTES: Dict[str, Tuple[str, ...]] = {
     "torchvision.models.vision_transformer.VisionTransformer": ("hidden_dim",),  # reshape of the patches
     "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": ("head_dim",),  # q/k/v reshapes
+    # RAFT: split(context, [hidden_state_size, context.shape[1] - hidden_state_size])
+    "torchvision.models.optical_flow.raft.UpdateBlock": ("hidden_state_size",),
 }
 
 

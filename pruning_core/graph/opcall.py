@@ -107,5 +107,15 @@ class OpCall:
 
         return follow(self.recorder, sizes, produced)
 
+    def size_exprs(self, sizes: Sequence[int]) -> List[Optional[Expr]]:
+        """What each of ``sizes`` measures, where Python read it from a traced shape (else None).
+
+        ``qkv_bias[n // 3 : 2 * (n // 3)]``: evaluating ``n // 3`` cuts the dim into three parts
+        first, so slicing it at those offsets keeps the parts' channels prunable.
+        """
+        from .symbolic import aligned_sources
+
+        return [None if source is None else source.expr() for source in aligned_sources(self.recorder, sizes)]
+
     def structure(self, expr: Expr, note: Optional[str] = None) -> None:
         self.recorder.space.mark(expr, STRUCTURED, note or f"sized in code at {self.name}")

@@ -172,8 +172,11 @@ class ChannelRemover:
         for binding in self.traced.recorder.size_bindings:
             if binding.follows_pruning:
                 target = lookup.get(self.traced.name_of(binding.module))  # the model, or a trial copy
-                size = current_size(resolve(binding.bound))  # the atom may have been split since
-                if target is not None and getattr(target, binding.attribute, None) != size:
+                size = current_size(resolve(binding.bound)) * binding.scale  # the atom may have been split since
+                value = getattr(target, binding.attribute, None) if target is not None else None
+                if binding.index is not None and isinstance(value, (list, tuple)):  # one of the split sizes
+                    size = type(value)(size if i == binding.index else v for i, v in enumerate(value))
+                if target is not None and value != size:
                     setattr(target, binding.attribute, size)
 
     def _refresh_unhandled(self, members: Sequence[Slot], owner_of: Callable[[Slot], nn.Module]) -> None:

@@ -25,128 +25,16 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import torch
 from torch import nn
 
-from .dims import STRUCTURED, DimError, Expr, resolve
+from .dims import Cat, DimError, Expr, leaves, resolve
+from .sizes import (BindingSource, DifferenceSource, DimSource, QuotientSource, SizeBinding,  # noqa: F401
+                    Source, TracedShape, TracedSize)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trace import Recorder
 
 
-class Source:
-    """Where a traced Python int came from; resolves to a dimension expression of one trace."""
-
-    def __init__(self, recorder: "Recorder") -> None:
-        self.recorder = recorder
-
-    def expr(self) -> Optional[Expr]:
-        raise NotImplementedError
-
-
-class DimSource(Source):
-    """Dim ``dim`` of the traced tensor with serial ``serial``."""
-
-    def __init__(self, recorder: "Recorder", serial: int, dim: int) -> None:
-        super().__init__(recorder)
-        self.serial, self.dim = serial, dim
-
-    def expr(self) -> Optional[Expr]:
-        return self.recorder.tensor_dims[self.serial][self.dim]
-
-
-class QuotientSource(Source):
-    """``base // divisor``: the inner factor when ``base`` is seen as ``divisor`` blocks (heads)."""
-
-    def __init__(self, base: Source, divisor: int) -> None:
-        super().__init__(base.recorder)
-        self.base, self.divisor = base, divisor
-
-    def expr(self) -> Optional[Expr]:
-        base = self.base.expr()
-        if base is None:
-            return None
-        space = self.recorder.space
-        outer, inner = space.split_factor(base, self.divisor)
-        space.mark(outer, STRUCTURED, f"count written in code (a size divided by {self.divisor})")
-        return inner
-
-
-class BindingSource(Source):
-    """A size attribute of a module; what it measures is learned at its first use in a shape."""
-
-    def __init__(self, recorder: "Recorder", binding: "SizeBinding") -> None:
-        super().__init__(recorder)
-        self.binding = binding
-
-    def expr(self) -> Optional[Expr]:
-        return self.binding.expr()
-
-
-class SizeBinding:
-    """``module.attribute`` measures ``expr``; after pruning the core writes the new size back.
-
-    ``slot`` is ``(module, side)`` when a handler declared the attribute (its handler keeps it
-    up to date); otherwise the first shape operation that uses the value defines ``expr``.
-    """
-
-    def __init__(self, recorder: "Recorder", module: nn.Module, attribute: str, value: int,
-                 slot: Optional[Tuple[nn.Module, str]] = None, count: bool = False) -> None:
-        self.recorder, self.module, self.attribute, self.value, self.slot = recorder, module, attribute, value, slot
-        self.count = count  # a count of heads: bound and written back, but not unlocked for pruning
-        self.bound: Optional[Expr] = None
-
-    def expr(self) -> Optional[Expr]:
-        if self.slot is not None:
-            module, side = self.slot
-            slots = self.recorder.slots_of_module(module)
-            return None if slots is None else (slots[1] if side == "out" else slots[0]).expr
-        return self.bound
-
-    def bind(self, expr: Expr) -> None:
-        if self.slot is None and self.bound is None:
-            self.bound = expr
-
-    @property
-    def follows_pruning(self) -> bool:
-        """Whether the core must write this attribute after pruning (its handler does not)."""
-        return self.slot is None and self.bound is not None
-
-
-class TracedSize(int):
-    """An ``int`` that remembers which traced dimension it measures."""
-
-    def __new__(cls, value: int, source: Source) -> "TracedSize":
-        obj = int.__new__(cls, value)
-        obj.source = source
-        return obj
-
-    def __floordiv__(self, other: Any) -> Any:
-        plain = int(self) // other if not isinstance(other, int) else int(self) // int(other)
-        if isinstance(other, int) and not isinstance(other, bool) and other > 1 and int(self) % int(other) == 0:
-            return TracedSize(plain, QuotientSource(self.source, int(other)))
-        return plain
-
-    def __repr__(self) -> str:
-        return int.__repr__(self)
-
-    def __reduce__(self) -> Any:  # pickles and copies as the plain number
-        return (int, (int(self),))
-
-
-class TracedShape(tuple):
-    """``x.shape`` while tracing: a tuple of :class:`TracedSize`, with ``torch.Size``'s ``numel``."""
-
-    def numel(self) -> int:
-        total = 1
-        for size in self:
-            total *= int(size)
-        return total
-
-    def __getitem__(self, item: Any) -> Any:
-        value = tuple.__getitem__(self, item)
-        return TracedShape(value) if isinstance(item, slice) else value
-
-
 _TENSOR_SIZING = ("view", "reshape", "expand", "split", "split_with_sizes", "unflatten", "new_zeros", "new_ones",
-                  "new_empty", "new_full")
+                  "new_empty", "new_full", "__getitem__")
 _TORCH_SIZING = ("reshape", "split", "unflatten", "zeros", "ones", "empty", "full")
 
 
@@ -168,11 +56,18 @@ class SizeTracker:
     def __enter__(self) -> "SizeTracker":
         base_shape = torch._C.TensorBase.shape.__get__
         base_size = torch._C.TensorBase.size
+        base_numel = torch._C.TensorBase.numel
         tracker = self
 
         def shape(tensor: torch.Tensor) -> Any:
             result = base_shape(tensor)
             return result if tracker._quiet() else tracker._traced_shape(result, tensor, None)
+
+        def numel(tensor: torch.Tensor) -> Any:  # ``bias.numel() // 3`` (Swin V2): a 1-d tensor's length
+            result = base_numel(tensor)
+            if tracker._quiet() or result < 2 or sum(1 for n in base_shape(tensor) if n > 1) != 1:
+                return result
+            return tracker._traced_shape(result, tensor, [n > 1 for n in base_shape(tensor)].index(True))
 
         def size(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             result = base_size(tensor, *args, **kwargs)
@@ -183,6 +78,9 @@ class SizeTracker:
 
         self._patch(torch.Tensor, "shape", property(shape))
         self._patch(torch.Tensor, "size", size)
+        self._patch(torch.Tensor, "numel", numel)
+        # ``expand_as(other)`` (F.normalize's denominator): other's sizes, as measured, not as written in code.
+        self._patch(torch.Tensor, "expand_as", lambda tensor, other: tensor.expand(other.shape))
         for owner, names in ((torch.Tensor, _TENSOR_SIZING), (torch, _TORCH_SIZING)):
             for name in names:
                 original = getattr(owner, name, None)
@@ -238,13 +136,13 @@ _ABSENT = object()
 
 
 def _ints_in(args: Sequence[Any], kwargs: Dict[str, Any]) -> List[Any]:
-    """The ints among a call's arguments, in order, looking one level into lists and tuples."""
+    """The ints among a call's arguments, in order, looking one level into lists, tuples and slices."""
     found: List[Any] = []
     for value in list(args) + list(kwargs.values()):
-        if isinstance(value, int) and not isinstance(value, bool):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            found.extend(v for v in value if isinstance(v, int) and not isinstance(v, bool))
+        for item in (value if isinstance(value, (list, tuple)) else (value,)):
+            for v in ((item.start, item.stop, item.step) if isinstance(item, slice) else (item,)):  # x[a:b]
+                if isinstance(v, int) and not isinstance(v, bool):
+                    found.append(v)
     return found
 
 
@@ -276,21 +174,62 @@ def follow(recorder: "Recorder", sizes: Sequence[int], produced: Sequence[Expr])
         if source is None:
             traced.append(False)
             continue
-        if isinstance(source, BindingSource) and source.binding.expr() is None:
+        if isinstance(source, BindingSource) and source.binding.unbound:
             source.binding.bind(resolve(expr))
             traced.append(not source.binding.count)
+            continue
+        if isinstance(source, DifferenceSource):  # split(x, [self.pdim, self.dim - self.pdim]): the rest
+            traced.append(_follow_rest(recorder, source, expr))
+            continue
+        base = source.base if isinstance(source, QuotientSource) else None
+        if isinstance(base, BindingSource) and base.binding.unbound and not base.binding.count:
+            base.binding.bind(resolve(expr), scale=source.divisor)  # ``self.in_channels // self.num_paths``
+            traced.append(True)
             continue
         try:
             known = source.expr()
             if known is None:
                 traced.append(False)
                 continue
-            recorder.space.unify(expr, known)
+            if not _related(expr, known):
+                recorder.space.unify(expr, known)
         except DimError:
             traced.append(False)
             continue
         traced.append(True)
     return traced
+
+
+def _related(produced: Expr, measured: Expr) -> bool:
+    """Whether ``produced`` is already made of what ``measured`` is made of, so the size needs no tie.
+
+    A channel shuffle (``view(B, g, C // g, H, W)``, a transpose, then ``view(B, C, H, W)``) measures
+    ``C`` before the shuffle and produces the same channels in another order: the same size, not the
+    same positions, so tying the two dims would pair channels the shuffle moved.
+    """
+    ids = {id(atom) for atom in leaves(resolve(measured)) if atom.size > 1}
+    return any(id(atom) in ids for atom in leaves(resolve(produced)) if atom.size > 1)
+
+
+def _follow_rest(recorder: "Recorder", source: DifferenceSource, rest: Expr) -> bool:
+    """``whole - part`` sized ``rest``: ``whole`` is ``part`` then ``rest`` (bound, when an unbound attribute)."""
+    part = source.part.expr()
+    if part is None:
+        return False
+    whole = source.whole.binding if isinstance(source.whole, BindingSource) else None
+    if whole is not None and whole.unbound:
+        if whole.count:
+            return False
+        whole.bind(resolve(Cat((part, rest))))
+        return True
+    known = source.whole.expr()
+    try:
+        if known is None:
+            return False
+        recorder.space.unify(known, Cat((part, rest)))  # RAFT: context_out.shape[1] - hidden_state_size
+    except DimError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -309,15 +248,29 @@ def followed_attributes(recorder: "Recorder", model: nn.Module, handled: Dict[in
                     module.__dict__[attr] = TracedSize(value, BindingSource(recorder, binding))
         for module, attr, count in declared:
             value = module.__dict__.get(attr)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 1:
-                binding = SizeBinding(recorder, module, attr, value, count=count)
-                recorder.size_bindings.append(binding)
+            if isinstance(value, TracedSize):  # a handler follows it already
+                continue
+            if isinstance(value, (list, tuple)):  # split sizes: each size is followed on its own
                 replaced.append((module, attr, value))
-                module.__dict__[attr] = TracedSize(value, BindingSource(recorder, binding))
+                module.__dict__[attr] = type(value)(_traced(recorder, module, attr, v, count, i)
+                                                    for i, v in enumerate(value))
+            elif isinstance(value, int):
+                replaced.append((module, attr, value))
+                module.__dict__[attr] = _traced(recorder, module, attr, value, count, None)
         yield
     finally:
         for module, attr, value in replaced:
             module.__dict__[attr] = value
+
+
+def _traced(recorder: "Recorder", module: nn.Module, attr: str, value: Any, count: bool,
+            index: Optional[int]) -> Any:
+    """A declared size as a :class:`TracedSize` bound to a new :class:`SizeBinding` (sizes below 2 stay as they are)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+        return value
+    binding = SizeBinding(recorder, module, attr, value, count=count, index=index)
+    recorder.size_bindings.append(binding)
+    return TracedSize(value, BindingSource(recorder, binding))
 
 
 def scrub(model: nn.Module) -> None:

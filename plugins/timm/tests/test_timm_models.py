@@ -210,3 +210,36 @@ def test_scaled_std_conv_keeps_gain_and_scale_in_step():
     DG.get_pruning_group(model[0], tp.prune_conv_out_channels, [0, 1]).prune()
     assert conv.weight.shape[1] == 4 and conv.scale == pytest.approx(2.0 / (4 * 9) ** 0.5)
     assert model(x).shape == (1, 2, 5, 5)
+
+
+# Attention reshaped with num_heads/head_dim attributes (PVT-v2, GC-ViT), split sizes kept as attributes
+# (InceptionNeXt's split_indexes, CoaT's channel_splits, SKNet, SHViT, EfficientViT-M): each kept 52-77% of
+# its parameters at ratio 0.5 while those sizes were constants to the tracer.
+SIZED_BY_ATTRIBUTES = [
+    ("pvt_v2_b0", {"depths": (1, 1, 1, 1)}),
+    ("gcvit_xxtiny", {}),
+    ("inception_next_atto", {}),
+    ("coat_lite_tiny", {}),
+    ("skresnet18", {}),  # torch.split(x, self.in_channels // self.num_paths)
+    ("shvit_s1", {"depth": (1, 1, 1)}),  # torch.split(x, [self.pdim, self.dim - self.pdim])
+    ("efficientvit_m0", {"depth": (1, 1, 1)}),  # split([self.key_dim, self.key_dim, self.val_dim])
+    ("nextvit_small", {}),  # reshape(B, N, self.num_heads, self.head_dim)
+    ("coat_tiny", {"serial_depths": (1, 1, 1, 1), "parallel_depth": 1}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", [pytest.param(n, k, id=n, marks=[pytest.mark.slow] * (n in ("nextvit_small",
+                                                                                        "gcvit_xxtiny")))
+                                         for n, k in SIZED_BY_ATTRIBUTES])
+def test_sizes_kept_as_attributes_follow_pruning(name, kwargs):
+    model, x = build(name, kwargs)
+    with torch.no_grad():
+        reference = model(x)
+    before = count(model)
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert count(model) < 0.4 * before  # both sides of most layers halve: about a quarter is left
+    with torch.no_grad():
+        assert model(x).shape == reference.shape
+    model.train()
+    model(torch.cat([x, x])).square().mean().backward()  # two samples: batch norm of 1x1 maps needs them
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

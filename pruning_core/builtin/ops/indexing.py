@@ -63,9 +63,14 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
     """
     expr = call.dims(source)[dim]
     space = call.space
+    requested = call.arg("split_sizes")
     if len(sizes) > 1 and len(set(sizes)) == 1:
         outer, inner = space.split_factor(expr, len(sizes))
         space.mark(outer, STRUCTURED, f"number of parts in {call.name}")
+        if isinstance(call.arg("split_size"), int):  # torch.split(x, self.in_channels // self.num_paths)
+            requested = [call.arg("split_size")]
+        if isinstance(requested, (list, tuple)) and len(requested) in (1, len(sizes)):
+            call.follow_sizes(requested, [inner] * len(requested))  # declared sizes learn what they measure
         return [inner] * len(sizes)
     first_new = len(space.atoms)
     offsets, acc = [], 0
@@ -75,7 +80,6 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
     pieces = space.cut(expr, offsets)
     followed: Set[int] = set()
     last = len(space.atoms)  # following may create the slots of a layer that has not run yet
-    requested = call.arg("split_sizes")
     if isinstance(requested, (list, tuple)) and len(requested) == len(pieces):
         # torch.split(x, [self.dim_conv, self.dim_untouched]): followed sizes are not written in code.
         for piece, traced in zip(pieces, call.follow_sizes(requested, pieces)):
@@ -132,6 +136,9 @@ def slice_(call: OpCall) -> None:
         call.set(out, dims[:dim] + [Cat(())] + dims[dim + 1:])
         return
     space = call.space
+    for bound in (call.arg("start"), call.arg("end")):
+        if isinstance(bound, int):  # bounds Python computed from a traced size restructure the dim first
+            call.size_exprs([bound])
     first_new = len(space.atoms)
     try:
         pieces = space.cut(dims[dim], [start, end])

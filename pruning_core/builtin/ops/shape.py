@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ...graph.dims import FROZEN, ONE, STRUCTURED, UNLOCKED, Atom, DimError, Expr, Prod, leaves, resolve
 from ...graph.rules import norm_dim, norm_dims
@@ -125,6 +125,7 @@ def reshape(call: OpCall) -> None:
         for j, traced in enumerate(call.follow_sizes(requested, result)):
             if traced:
                 followed.update(id(a) for a in leaves(result[j]))
+        followed.update(_inferred(requested, result, created))
     origin = _split_origin(call)
     for position, atom in enumerate(created):
         if id(atom) in followed:
@@ -135,6 +136,23 @@ def reshape(call: OpCall) -> None:
         origin[atom.serial] = (first_new, position)
     _unlock_shuffles(result, origin)
     call.set(out, result)
+
+
+def _inferred(requested: Sequence[Any], result: List[Expr], created: List[Atom]) -> List[int]:
+    """The atom a ``-1`` of a reshape stands for, when it is one new factor of one input dim.
+
+    ``reshape(B, N, self.num_heads, -1)``: the ``-1`` is whatever the heads leave, so it follows
+    pruning by itself and is not a size written in code. A ``-1`` that spans other dims (the batch
+    in ``view(-1, 16)``) stays as it was.
+    """
+    new = {id(atom) for atom in created}
+    found = []
+    for j, size in enumerate(requested):
+        if type(size) is int and size == -1:
+            expr = resolve(result[j])
+            if type(expr) is Atom and id(expr) in new:
+                found.append(id(expr))
+    return found
 
 
 def _unlock_shuffles(result: List[Expr], origin: Dict[int, Tuple[int, int]]) -> None:

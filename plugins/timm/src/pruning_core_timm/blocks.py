@@ -8,6 +8,7 @@ pruning_core does their arithmetic.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Optional, Union
 
 from torch import nn
@@ -48,10 +49,49 @@ def final_classifiers(model: nn.Module) -> List[nn.Module]:
     return finals
 
 
-# Blocks whose forward sizes a split or reshape with these int attributes.
-SIZE_ATTRIBUTES = {
-    "Partial_conv3": ("dim_conv3", "dim_untouched"),  # FasterNet: torch.split(x, [dim_conv3, dim_untouched])
-}
+SIZE_NAME = re.compile(r"dim|channels|chs")  # dim, pdim, qk_dim, head_dim, dim_conv3, in_channels, out_chs...
+LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+          nn.Embedding)  # their handlers follow their own size attributes
+
+
+def _int_attr(module: nn.Module, name: str) -> Optional[int]:
+    value = module.__dict__.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _head_count(module: nn.Module, sizes: List[str]) -> Optional[str]:
+    """``num_heads`` when ``module`` is attention cut into that many heads of a declared head size.
+
+    It qualifies by shape, not class: a direct Linear/Conv child whose output is 1, 2 or 3 times
+    ``num_heads * head_dim`` (q, kv, qkv).
+    """
+    heads = _int_attr(module, "num_heads")
+    outputs = {getattr(child, "out_features", None) or getattr(child, "out_channels", None)
+               for child in module.children() if isinstance(child, (nn.Linear, nn.Conv2d))}
+    for name in ("head_dim", "dim_head"):
+        if heads and heads > 1 and name in sizes and outputs & {k * heads * module.__dict__[name] for k in (1, 2, 3)}:
+            return "num_heads"
+    return None
+
+
+def block_sizes(module: nn.Module) -> Optional[SizeAttribute]:
+    """The sizes a block keeps as attributes, declared as a :class:`SizeAttribute` so they follow pruning.
+
+    Recognised by name and value, never by class: ints named like a width (``dim``, ``pdim``, ``head_dim``,
+    ``dim_conv3``, ``in_channels``...: PVT-v2's and GC-ViT's ``reshape(B, N, self.num_heads, self.head_dim)``,
+    SHViT's ``split(x, [self.pdim, self.dim - self.pdim])``, SKNet's ``split(x, self.in_channels // paths)``,
+    FasterNet's ``split(x, [self.dim_conv3, self.dim_untouched])``), lists of ints named like split sizes
+    (InceptionNeXt's ``split_indexes``, CoaT's ``channel_splits``), and ``num_heads`` of attention as a count.
+    An attribute the forward never sizes a shape with is never bound, and so never changed.
+    """
+    if isinstance(module, LAYERS):
+        return None
+    sizes = [name for name in module.__dict__ if SIZE_NAME.search(name) and (_int_attr(module, name) or 0) > 1]
+    sizes += [name for name, value in module.__dict__.items()
+              if "split" in name and isinstance(value, (list, tuple)) and len(value) > 1
+              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)]
+    count = _head_count(module, sizes)
+    return SizeAttribute(module, tuple(sizes), counts=(count,) if count else ()) if sizes else None
 
 
 def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHint, SizeAttribute]]:
@@ -60,9 +100,9 @@ def structure_hints(model: nn.Module) -> List[Union[AttentionLayout, StructureHi
         layout = attention_layout(module)
         if layout is not None:
             records.append(layout)
-        sizes = SIZE_ATTRIBUTES.get(type(module).__name__)
-        if sizes and all(isinstance(getattr(module, name, None), int) for name in sizes):
-            records.append(SizeAttribute(module, sizes))  # followed while tracing, set after pruning
+        sized = block_sizes(module) if module is not model else None  # the model's widths: fix_model
+        if sized is not None:
+            records.append(sized)  # followed while tracing, set after pruning
         if type(module).__name__ == "SelectiveKernelAttn" and isinstance(getattr(module, "num_paths", None), int):
             # fc_select's output is viewed as (paths, channels): one attention map per kernel path.
             records.append(StructureHint(module=module.fc_select, out_channel_groups=module.num_paths))
