@@ -463,3 +463,30 @@ def test_unreached_layer_warning_names_it_and_points_at_the_callers_line():
     with pytest.warns(tp.pruner.PruningWarning, match="aux") as record:
         tp.DependencyGraph().build_dependency(model, torch.randn(2, 4))
     assert record[0].filename == __file__
+
+
+def test_a_forward_that_needs_values_is_traced_once_on_meta_then_on_real_weights(monkeypatch):
+    """``.item()`` fails on meta whatever the size tracking: the tracer goes to real weights next, not to a
+    second meta trace without tracked sizes (a whole wasted forward on a large model)."""
+    from pruning_core.graph import build
+
+    class NeedsValues(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            if x.abs().sum().item() >= 0:  # a value-dependent branch, as transformers' mask creation has
+                x = torch.relu(self.a(x))
+            return self.b(x)
+
+    calls = []
+    real_run = build.run_trace
+    monkeypatch.setattr(build, "run_trace", lambda *a, **k: calls.append((k.get("on_meta"), k["symbolic"]))
+                        or real_run(*a, **k))
+    model = NeedsValues()
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(2, 4))
+    assert calls == [(True, True), (None, True)]
+    group = dg.get_pruning_group(model.a, tp.prune_linear_out_channels, idxs=[0, 1, 2])
+    group.prune()
+    assert model.a.out_features == 5 and model.b.in_features == 5

@@ -170,7 +170,10 @@ def _trace(model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output
 
     failure: Optional[Tuple[Exception, Optional[Recorder]]] = None
     declared = resolver.hub.size_attributes(model)  # SizeAttribute records: followed while tracing
+    meta_refused = False
     for on_meta, symbolic in ((True, True), (True, False), (False, True), (False, False)):
+        if on_meta and meta_refused:
+            continue  # the forward needs values (.item() on a mask): dropping size tracking will not help
         recorder: Optional[Recorder] = None
         try:
             if on_meta:
@@ -187,6 +190,7 @@ def _trace(model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output
             raise
         except Exception as exc:  # value-dependent forward (.item(), data-dependent shapes): try the next way
             failure = (exc, recorder)
+            meta_refused = meta_refused or (on_meta and "meta" in str(exc).lower())
     exc, recorder = failure
     where = (recorder.error_scope or recorder.current_scope) if recorder is not None else None
     raise TracingError(
