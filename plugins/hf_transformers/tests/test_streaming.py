@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import subprocess
 import sys
 import textwrap
@@ -15,76 +14,14 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 import pruning_core as tp  # noqa: E402
 import pruning_core_hf  # noqa: E402
-from pruning_core_hf.streaming import MARKER  # noqa: E402
 
-SMALL = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=8,
-             num_key_value_heads=8, vocab_size=500)
-# About 150 MB in bf16: big enough that one block is a small part of it.
-MEDIUM = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=8,
-              num_key_value_heads=8, vocab_size=32000)
-
-
-def write_checkpoint(directory, shape, shards=3, seed=0):
-    """A random bf16 Llama checkpoint in ``shards`` safetensors files, written tensor by tensor."""
-    config = transformers.LlamaConfig(**shape, dtype="bfloat16", tie_word_embeddings=False,
-                                      architectures=["LlamaForCausalLM"])
-    with torch.device("meta"):
-        skeleton = transformers.LlamaForCausalLM(config)
-    os.makedirs(directory, exist_ok=True)
-    config.save_pretrained(directory)
-    names = list(skeleton.state_dict().items())
-    generator = torch.Generator().manual_seed(seed)
-    per_shard = -(-len(names) // shards)
-    weight_map = {}
-    for number in range(shards):
-        part = names[number * per_shard:(number + 1) * per_shard]
-        filename = f"model-{number + 1:05d}-of-{shards:05d}.safetensors"
-        tensors = {name: (torch.randn(meta.shape, generator=generator) * 0.05).to(torch.bfloat16)
-                   for name, meta in part}
-        safetensors_torch.save_file(tensors, os.path.join(directory, filename), metadata={"format": "pt"})
-        weight_map.update({name: filename for name in tensors})
-    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as handle:
-        json.dump({"metadata": {}, "weight_map": weight_map}, handle)
-    return directory
+from pruning_core_hf.testing import (MEDIUM, SMALL, assert_same_weights, calibration, in_memory, load,  # noqa: E402
+                                     subprocess_env as _env, write_checkpoint)
 
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
     return write_checkpoint(str(tmp_path_factory.mktemp("small") / "src"), SMALL)
-
-
-def calibration(count=6, tokens=16, vocab=500):
-    return torch.randint(0, vocab, (count, tokens), generator=torch.Generator().manual_seed(1))
-
-
-def in_memory(src, importance, compensation, ratio, head_ratio, global_pruning, batches):
-    """The reference: the whole model loaded, pruned by BasePruner with the same settings."""
-    from pruning_core_hf.streaming import _forward_without_cache
-
-    model = transformers.LlamaForCausalLM.from_pretrained(src, dtype=torch.bfloat16).eval()
-    blocks = {id(m) for layer in model.model.layers for m in layer.modules()}
-    outside = [m for m in model.modules() if id(m) not in blocks and not list(m.children())]
-    tp.pruner.BasePruner(model, {"input_ids": calibration(1, 8)}, importance=importance, pruning_ratio=ratio,
-                         prune_num_heads=True, head_pruning_ratio=head_ratio, global_pruning=global_pruning,
-                         ignored_layers=outside, calibration=batches, compensation=compensation,
-                         forward_fn=_forward_without_cache(model)).step()
-    return model
-
-
-def load(directory, form):
-    if form == "stock":
-        return transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16).eval()
-    return pruning_core_hf.from_pretrained(directory)
-
-
-def assert_same_weights(reference, streamed):
-    ours, theirs = reference.state_dict(), streamed.state_dict()
-    assert set(ours) == set(theirs)
-    for name, tensor in ours.items():
-        assert theirs[name].dtype == torch.bfloat16, name
-        assert tuple(theirs[name].shape) == tuple(tensor.shape), name
-        scale = tensor.float().abs().max().clamp_min(1e-12)
-        assert float((theirs[name].float() - tensor.float()).abs().max() / scale) <= 1e-5, name
 
 
 @pytest.mark.slow
@@ -144,88 +81,6 @@ def test_stock_from_pretrained_in_a_fresh_process_gives_the_in_memory_logits(sma
     assert config["num_attention_heads"] == 4 and config["intermediate_size"] < SMALL["intermediate_size"]
     assert config["dtype"] == "bfloat16"
 
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    return env
-
-
-RUN = """
-import sys, torch, pruning_core_hf
-from pruning_core_hf import checkpoint
-kill_at = int(sys.argv[3])
-compensation = None if sys.argv[4] == "None" else sys.argv[4]
-save = checkpoint.CheckpointStore.save
-def dying_save(self, index, block):
-    if index == kill_at:
-        import os, signal
-        os.kill(os.getpid(), signal.SIGKILL)
-    save(self, index, block)
-checkpoint.CheckpointStore.save = dying_save
-if len(sys.argv) > 5:  # die instead while block kill_at's progress record is half written
-    from pruning_core_hf import resume
-    import safetensors.torch
-    checkpoint.CheckpointStore.save = save
-    write, saved = resume.write, safetensors.torch.save_file
-    def dying_write(work, print_, done, *args):
-        if done == kill_at + 1:
-            def save_then_die(tensors, path, *a, **k):
-                saved(tensors, path, *a, **k)
-                import os, signal
-                os.kill(os.getpid(), signal.SIGKILL)
-            safetensors.torch.save_file = save_then_die
-        write(work, print_, done, *args)
-    resume.write = dying_write
-ids = torch.randint(0, 500, (6, 16), generator=torch.Generator().manual_seed(1))
-pruning_core_hf.prune_checkpoint(sys.argv[1], sys.argv[2], calibration=ids, batch_size=4, head_ratio=0.5,
-                                 compensation=compensation, progress=False)
-"""
-
-
-@pytest.mark.parametrize("compensation,where", [(None, "block"), ("lstsq", "block"), (None, "record")])
-def test_a_killed_run_leaves_nothing_loadable_and_a_rerun_resumes(small_checkpoint, tmp_path, compensation, where):
-    dst = str(tmp_path / "out")
-    kill_at = random.Random(os.getpid()).randrange(1, SMALL["num_hidden_layers"])
-    extra = ["record"] if where == "record" else []  # "record": killed while saving block kill_at's hidden states
-    killed = subprocess.run([sys.executable, "-c", RUN, small_checkpoint, dst, str(kill_at), str(compensation)]
-                            + extra, env=_env())
-    assert killed.returncode == -9
-    assert not os.path.exists(dst)
-    partial = dst + ".partial"
-    assert os.path.isfile(os.path.join(partial, MARKER))
-    written = sorted(f for f in os.listdir(partial) if f.endswith(".safetensors"))
-    assert len(written) == kill_at + (where == "record")  # the blocks before the kill
-    with open(os.path.join(partial, "resume.json")) as handle:
-        assert json.load(handle)["done"] == kill_at  # a half-written record never replaces the last whole one
-    for loader in (lambda d: transformers.AutoModelForCausalLM.from_pretrained(d), pruning_core_hf.from_pretrained):
-        with pytest.raises(Exception):
-            loader(partial)
-    first = os.path.getmtime(os.path.join(partial, written[0]))
-    again = pruning_core_hf.prune_checkpoint(small_checkpoint, dst, calibration=calibration(), batch_size=4,
-                                             head_ratio=0.5, compensation=compensation, progress=False)
-    assert os.path.getmtime(os.path.join(again, written[0])) == first, "the written blocks were not redone"
-    assert not os.path.exists(partial) and not os.path.exists(os.path.join(again, MARKER))
-    assert not os.path.exists(os.path.join(again, "resume.json"))
-    clean = pruning_core_hf.prune_checkpoint(small_checkpoint, str(tmp_path / "clean"), calibration=calibration(),
-                                             batch_size=4, head_ratio=0.5, compensation=compensation, progress=False)
-    assert again.form == clean.form
-    assert_same_weights(load(clean, clean.form), load(again, again.form))
-    with open(os.path.join(again, "model.safetensors.index.json")) as handle:
-        resumed_index = json.load(handle)
-    with open(os.path.join(clean, "model.safetensors.index.json")) as handle:
-        assert json.load(handle) == resumed_index
-
-
-def test_a_rerun_with_other_options_starts_over(small_checkpoint, tmp_path, caplog):
-    dst = str(tmp_path / "out")
-    subprocess.run([sys.executable, "-c", RUN, small_checkpoint, dst, "2", "None"], env=_env())
-    assert os.path.isfile(os.path.join(dst + ".partial", "resume.json"))
-    with caplog.at_level("WARNING", logger="pruning_core_hf"):
-        out = pruning_core_hf.prune_checkpoint(small_checkpoint, dst, calibration=calibration(), batch_size=4,
-                                               head_ratio=0.5, ratio=0.2, progress=False)
-    assert "starting again" in caplog.text
-    assert out.form == "stock" and 300 <= transformers.AutoConfig.from_pretrained(out).intermediate_size <= 310  # 0.2
 
 
 @pytest.mark.slow
@@ -345,7 +200,7 @@ FAMILIES = {  # decoder stacks with per-layer sliding windows (Gemma 2), Conv1D 
 @pytest.mark.parametrize("architecture", sorted(FAMILIES))
 def test_streaming_matches_in_memory_across_families(architecture, tmp_path):
     from pruning_core.calibration.sequential import find_blocks
-    from pruning_core_hf.streaming import _forward_without_cache
+    from pruning_core_hf.streaming import forward_without_cache
 
     model_class = getattr(transformers, architecture)
     config = model_class.config_class(**FAMILIES[architecture], architectures=[architecture])
@@ -359,7 +214,7 @@ def test_streaming_matches_in_memory_across_families(architecture, tmp_path):
     outside = [m for m in reference.modules() if id(m) not in blocks and not list(m.children())]
     tp.pruner.BasePruner(reference, {"input_ids": ids[:1]}, importance="wanda", pruning_ratio=0.3,
                          prune_num_heads=True, head_pruning_ratio=0.5, ignored_layers=outside,
-                         calibration=list(ids.split(2)), forward_fn=_forward_without_cache(reference)).step()
+                         calibration=list(ids.split(2)), forward_fn=forward_without_cache(reference)).step()
     streamed = model_class.from_pretrained(result).eval() if result.form == "stock" \
         else pruning_core_hf.from_pretrained(result)
     ours, theirs = reference.state_dict(), streamed.state_dict()
@@ -378,42 +233,3 @@ def test_converted_checkpoints_are_refused_with_the_reason(tmp_path):
     transformers.Qwen3MoeForCausalLM(config).save_pretrained(tmp_path / "src")
     with pytest.raises(tp.SerializationError, match="transformers converts while loading"):
         pruning_core_hf.prune_checkpoint(str(tmp_path / "src"), str(tmp_path / "out"), calibration=2, progress=False)
-
-
-def test_an_error_midway_keeps_the_old_output_and_the_rerun_resumes(small_checkpoint, tmp_path, monkeypatch):
-    from pruning_core_hf import checkpoint
-
-    dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("previous result")
-    save = checkpoint.CheckpointStore.save
-
-    def failing_save(self, index, block):
-        if index == 2:
-            raise OSError("disk full")
-        save(self, index, block)
-
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        pruning_core_hf.prune_checkpoint(small_checkpoint, str(dst), calibration=calibration(), overwrite=True,
-                                         head_ratio=0.5, progress=False)
-    assert (dst / "keep.txt").read_text() == "previous result"
-    assert os.path.isfile(os.path.join(str(dst) + ".partial", MARKER))  # two blocks done: kept to resume
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", save)
-    out = pruning_core_hf.prune_checkpoint(small_checkpoint, str(dst), calibration=calibration(), overwrite=True,
-                                           head_ratio=0.5, progress=False)
-    assert not (dst / "keep.txt").exists() and out.form == "stock"
-    assert not os.path.exists(str(dst) + ".partial")
-
-
-def test_an_error_before_any_block_is_written_leaves_nothing(small_checkpoint, tmp_path, monkeypatch):
-    from pruning_core_hf import checkpoint
-
-    def failing_save(self, index, block):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(checkpoint.CheckpointStore, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
-        pruning_core_hf.prune_checkpoint(small_checkpoint, str(tmp_path / "out"), calibration=calibration(),
-                                         progress=False)
-    assert not os.path.exists(str(tmp_path / "out")) and not os.path.exists(str(tmp_path / "out.partial"))

@@ -168,7 +168,8 @@ def _meta_inputs(model: nn.Module, dtype: torch.dtype, forward: Any, tokens: int
                                 f"({'; '.join(failures)}), so it cannot be planned without its weights")
 
 
-def _forward_without_cache(model: nn.Module) -> Any:
+def forward_without_cache(model: nn.Module) -> Any:
+    """The model called as a plain forward with the KV cache off (the calibration and reference forward)."""
     from pruning_core.calling import call_model
 
     cache = "use_cache" in inspect.signature(model.forward).parameters
@@ -278,7 +279,7 @@ def prune_checkpoint(src: str, dst: str, ratio: float = 0.3, importance: Any = "
     ignored = [m for m in model.modules() if id(m) not in inside and not list(m.children())]
     ignored += [named[n] for n in ignored_layers]
     batches = _batches(calibration, src, batch_size, max_length)
-    forward = _forward_without_cache(model)
+    forward = forward_without_cache(model)
     inputs = _meta_inputs(model, dtype, forward)
     pruner = BasePruner(model, inputs, importance=importance, pruning_ratio=ratio, global_pruning=global_pruning,
                         prune_num_heads=heads, head_pruning_ratio=ratio if head_ratio is None else head_ratio,
