@@ -6,7 +6,7 @@ from typing import List, Optional, Set
 
 import torch
 
-from ...graph.dims import (ONE, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, current_size, leaves,
+from ...graph.dims import (FROZEN, ONE, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, current_size, leaves,
                            resolve)
 from ...graph.rules import broadcast_into, norm_dim
 from ...graph.trace import OpCall
@@ -66,7 +66,8 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
     requested = call.arg("split_sizes")
     if len(sizes) > 1 and len(set(sizes)) == 1:
         outer, inner = space.split_factor(expr, len(sizes))
-        space.mark(outer, STRUCTURED, f"number of parts in {call.name}")
+        # the code unpacks a fixed number of parts, so no structure hint may unlock their count
+        space.mark(outer, FROZEN, f"number of parts in {call.name}")
         if isinstance(call.arg("split_size"), int):  # torch.split(x, self.in_channels // self.num_paths)
             requested = [call.arg("split_size")]
         if isinstance(requested, (list, tuple)) and len(requested) in (1, len(sizes)):
