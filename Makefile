@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # do not end the run on one core; --durations lists the slowest, to keep the suite from growing.
 PYTEST_ARGS ?= -n 2 --dist worksteal --durations=15
 
-.PHONY: setup demo test bench bench-llm sweep fuzz quality clean
+.PHONY: setup demo test bench bench-llm bench-time sweep fuzz quality clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ bench: setup
 bench-llm: setup
 	$(PIP) install -q -e ".[bench]"
 	$(PY) benchmarks/bench_llm.py --output benchmarks/results/llm_memory.md
+
+# Our graph+prune time over torch-pruning's, for the code as checked out and for the commit before the
+# architecture refactor (issue 12), on a sample of the sweep's models in one interleaved run (about 10 minutes).
+bench-time: setup
+	$(PIP) install -q -e ".[bench]"
+	$(PY) benchmarks/time_vs_baseline.py --output benchmarks/results/time_vs_baseline.md
 
 sweep: setup
 	$(PIP) install -q -e ".[bench]"

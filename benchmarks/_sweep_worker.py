@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
+import statistics
 import sys
 import time
 import traceback
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--timm-list", required=True)
     parser.add_argument("--memory-gib", type=float, default=0, help="address-space limit (0: none)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="time this many prunings (fresh copies after the first); graph_s/prune_s are medians")
     args = parser.parse_args()
     if args.memory_gib > 0:  # set here, not with preexec_fn: the sweep starts workers from threads
         limit = int(args.memory_gib * 2**30)
@@ -85,17 +89,30 @@ def main() -> None:
         else:
             import torch_pruning as lib
         pruner_cls, importance = lib.pruner.MagnitudePruner, lib.importance.MagnitudeImportance(p=2)
-        baseline = rss_mb()
-        stage = "graph"
-        start = time.perf_counter()
         example = list(inputs) if isinstance(inputs, tuple) else inputs
-        pruner = pruner_cls(model, example, importance=importance, pruning_ratio=args.ratio, ignored_layers=keep)
-        built = time.perf_counter()
-        stage = "prune"
-        pruner.step()
-        done = time.perf_counter()
-        result.update(graph_s=built - start, prune_s=done - built,
-                      peak_extra_mb=max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline))
+        # repeats prune fresh copies of the unpruned model after the first (measured) run
+        pristine = copy.deepcopy(model) if args.repeat > 1 else None
+        keep_names = [name for name, m in model.named_modules() if any(m is k for k in keep)]
+        baseline = rss_mb()
+        times = []
+        for run in range(args.repeat):
+            target = model if run == 0 else copy.deepcopy(pristine)
+            modules = dict(target.named_modules())
+            ignored = keep if run == 0 else [modules[name] for name in keep_names]
+            stage = "graph"
+            start = time.perf_counter()
+            pruner = pruner_cls(target, example, importance=importance, pruning_ratio=args.ratio,
+                                ignored_layers=ignored)
+            built = time.perf_counter()
+            stage = "prune"
+            pruner.step()
+            times.append((built - start, time.perf_counter() - built))
+            if run == 0:
+                peak = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline)
+        graph_runs, prune_runs = [t[0] for t in times], [t[1] for t in times]
+        result.update(graph_s=statistics.median(graph_runs), prune_s=statistics.median(prune_runs), peak_extra_mb=peak)
+        if args.repeat > 1:
+            result.update(graph_runs=graph_runs, prune_runs=prune_runs)
         stage = "pruned forward"
         after = signature(call(model, inputs), case.kind)
         result["params_after"] = sum(p.numel() for p in model.parameters())

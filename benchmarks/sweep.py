@@ -28,15 +28,17 @@ LIBS = ("pruning_core", "torch_pruning")
 TIMM_LIST = os.path.join(HERE, "timm_families.txt")
 
 
-def run_case(lib: str, case: sweep_models.Case, timeout: float, ratio: float, memory_gib: float) -> Dict:
+def run_case(lib: str, case: sweep_models.Case, timeout: float, ratio: float, memory_gib: float,
+             repeat: int = 1, env: Optional[Dict[str, str]] = None) -> Dict:
+    """Prune ``case`` with ``lib`` in a worker process (``env``: its environment, e.g. another PYTHONPATH)."""
     command = [sys.executable, os.path.join(HERE, "_sweep_worker.py"), "--lib", lib, "--suite", case.suite,
                "--model", case.name, "--ratio", str(ratio), "--timm-list", TIMM_LIST,
                # the worker caps its address space: torch-pruning can outgrow the machine (swin_t: 24 GB)
-               "--memory-gib", str(memory_gib)]
+               "--memory-gib", str(memory_gib), "--repeat", str(repeat)]
     start = time.perf_counter()
     base = {"lib": lib, "suite": case.suite, "model": case.name, "kind": case.kind}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {**base, "status": "timeout", "error": f"no result within {timeout:.0f} s", "wall_s": timeout}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -184,6 +186,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--jobs", type=int, default=2, help="cases run in parallel, one thread each")
     parser.add_argument("--memory-gib", type=float, default=10, help="address-space limit of each case")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="timed prunings per case (fresh copies after the first); times are their medians")
     parser.add_argument("--resume", action="store_true", help="skip cases that already have a result")
     parser.add_argument("--render-only", action="store_true", help="rebuild sweep.md from sweep.jsonl")
     parser.add_argument("--list-timm", action="store_true", help="regenerate timm_families.txt and exit")
@@ -207,7 +211,7 @@ def main() -> None:
         done_count = 0
 
         def one(item):
-            return run_case(item[0], item[1], args.timeout, args.ratio, args.memory_gib)
+            return run_case(item[0], item[1], args.timeout, args.ratio, args.memory_gib, repeat=args.repeat)
 
         with ThreadPoolExecutor(args.jobs) as pool:
             for result in pool.map(one, todo):
