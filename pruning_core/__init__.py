@@ -40,10 +40,14 @@ _LAZY_NAMES: Dict[str, str] = {
                                      "StructureHint")},
     **{name: ".serialization" for name in ("state_dict", "load_state_dict", "save_pruned", "load_pruned")},
     **{name: ".functional" for name in _functional_names},
+    # Torch-Pruning also exports its pruners at the top level.
+    **{name: ".pruner" for name in ("BasePruner", "MetaPruner", "MagnitudePruner", "GroupNormPruner",
+                                    "BNScalePruner", "GrowingRegPruner")},
 }
 
 # Submodules advertised in ``__all__`` (Torch-Pruning's ``tp.pruner``, ``tp.importance``, ...).
-_LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing", "function", "distributed")
+_LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing", "function", "distributed",
+                    "dependency")
 # Every submodule, reachable as an attribute of the package once it is imported (a test checks the list).
 _SUBMODULES = frozenset(_LAZY_SUBMODULES + (
     "builtin", "calibration", "calling", "cli", "compensation", "errors", "functional", "graph", "hookspecs", "layer_handler",
@@ -71,6 +75,7 @@ __all__ = [
     "__version__", "DependencyGraph", "Group", "GroupItem", "Dependency", "BasePruningFunc", "CoupledPruningFunc",
     "LayerHandlerSpec", "OpRuleSpec", "ImportanceSpec", "PrunerSpec", "StructureHint", "AttentionLayout", "ModelScheme", "ModelSource",
     "StateCodec", "SizeAttribute",
+    "BasePruner", "MetaPruner", "MagnitudePruner", "GroupNormPruner", "BNScalePruner", "GrowingRegPruner",
     "hookimpl", "hookspec", "state_dict", "load_state_dict", "save_pruned", "load_pruned",
     "PruningError", "ConfigurationError", "InvalidIndicesError", "UnknownNameError", "GraphError", "TracingError",
     "UnsupportedModelError", "NoHandlerError", "EmptyLayerError", "PruneFailedError", "PluginError",

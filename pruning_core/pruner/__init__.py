@@ -11,6 +11,22 @@ from .options import PruningOptions
 from .planning import PruningWarning
 from .scheduler import geometric_scheduler, linear_scheduler
 
+# Torch-Pruning's earlier name for BasePruner, still used by many scripts.
+MetaPruner = BasePruner
+
+
+def __getattr__(name: str) -> Any:
+    # Torch-Pruning also reaches the low-level functions through ``tp.pruner.function`` and
+    # ``tp.pruner.prune_*``; imported on first use so that importing the pruners stays light.
+    if name == "function" or name.startswith("prune_"):
+        from .. import function
+
+        if name == "function":
+            return function
+        if name in function.__all__:
+            return getattr(function, name)
+    raise AttributeError(f"module 'pruning_core.pruner' has no attribute {name!r}")
+
 
 def names() -> List[str]:
     """Names of every registered pruning algorithm, built-in or from plugins."""
@@ -26,6 +42,6 @@ def create(name: str, model: Any, example_inputs: Any, **kwargs: Any) -> BasePru
     return get_hub().pruners().get(name).factory(model, example_inputs, **kwargs)
 
 
-__all__ = ["BasePruner", "BasePruningFunc", "MagnitudePruner", "RandomPruner", "BNScalePruner", "GroupNormPruner", "GrowingRegPruner",
+__all__ = ["BasePruner", "MetaPruner", "BasePruningFunc", "MagnitudePruner", "RandomPruner", "BNScalePruner", "GroupNormPruner", "GrowingRegPruner",
            "PruningOptions", "PruningWarning", "linear_scheduler", "geometric_scheduler", "resolve_importance",
            "names", "create"]

@@ -1,0 +1,56 @@
+"""Names that scripts written for Torch-Pruning reach through other paths than the seed's.
+
+``tp.pruner.MetaPruner`` (the pruner's earlier name), the pruners at the top level,
+``tp.pruner.function`` and ``tp.pruner.prune_*``, and ``tp.dependency``: each must be
+the very object the seed path gives, so such a script prunes exactly as the seed API does.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import pruning_core as tp
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3))
+
+
+@pytest.mark.parametrize("name", ["BasePruner", "MetaPruner", "MagnitudePruner", "GroupNormPruner",
+                                  "BNScalePruner", "GrowingRegPruner"])
+def test_top_level_pruner_names_are_the_pruner_classes(name):
+    expected = tp.pruner.BasePruner if name == "MetaPruner" else getattr(tp.pruner, name)
+    assert getattr(tp, name) is expected
+    assert name in tp.__all__
+
+
+def test_old_paths_reach_the_same_objects():
+    assert tp.pruner.MetaPruner is tp.pruner.BasePruner
+    assert tp.pruner.function is tp.function
+    assert tp.pruner.prune_conv_out_channels == tp.prune_conv_out_channels
+    assert tp.dependency.DependencyGraph is tp.DependencyGraph
+    assert tp.dependency.Group is tp.Group and tp.dependency.Dependency is tp.Dependency
+    with pytest.raises(AttributeError, match="prune_nothing_channels"):
+        tp.pruner.prune_nothing_channels  # noqa: B018
+
+
+def test_a_meta_pruner_script_prunes_exactly_as_base_pruner():
+    example = torch.randn(1, 3, 12, 12)
+    results = []
+    for cls in (tp.pruner.MetaPruner, tp.pruner.BasePruner):
+        model = _model()
+        pruner = cls(model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+                     ignored_layers=[model[3]])
+        pruner.step()
+        results.append((model[0].out_channels, model[0].weight.clone(), model(example)))
+    assert results[0][0] == results[1][0] == 8
+    assert torch.equal(results[0][1], results[1][1]) and torch.equal(results[0][2], results[1][2])
+
+
+def test_pruner_function_prunes_a_layer_by_hand():
+    model = _model()
+    tp.pruner.function.prune_conv_out_channels(model[0], idxs=[0, 1])
+    assert model[0].out_channels == 14 and model[0].weight.shape[0] == 14
