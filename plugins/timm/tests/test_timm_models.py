@@ -243,3 +243,27 @@ def test_sizes_kept_as_attributes_follow_pruning(name, kwargs):
     model.train()
     model(torch.cat([x, x])).square().mean().backward()  # two samples: batch norm of 1x1 maps needs them
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_heads_of_wrapped_separate_projections_prune_and_match_zeroed_heads():
+    # Gemma 4's vision attention: q/k/v/o projections wrap their Linear, heads read from attributes.
+    model, x = build("gemma4_vit_167m", {"depth": 2})
+    twin = copy.deepcopy(model)
+    attentions = lambda m: [a for a in m.modules() if hasattr(a, "q_proj") and hasattr(a, "num_heads")]  # noqa: E731
+    pruner = tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(), pruning_ratio=0.0,
+                                       prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=0.5)
+    pruner.step()
+    for pruned, original in zip(attentions(model), attentions(twin)):
+        size = original.head_dim
+        assert (pruned.num_heads, pruned.num_kv_heads, pruned.head_dim) == (original.num_heads // 2,) * 2 + (size,)
+        assert pruned.q_proj.linear.out_features == pruned.num_heads * size == pruned.o_proj.linear.in_features
+        q_rows, kept_q = original.q_proj.linear.weight, pruned.q_proj.linear.weight
+        kept = {h for h in range(original.num_heads)
+                if any(torch.equal(q_rows[h * size:(h + 1) * size], kept_q[k * size:(k + 1) * size])
+                       for k in range(pruned.num_heads))}
+        assert len(kept) == pruned.num_heads
+        with torch.no_grad():
+            for h in set(range(original.num_heads)) - kept:
+                original.o_proj.linear.weight[:, h * size:(h + 1) * size] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), twin(x), rtol=1e-4, atol=1e-5)

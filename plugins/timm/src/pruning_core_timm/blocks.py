@@ -17,8 +17,41 @@ from pruning_core import AttentionLayout, SizeAttribute, StructureHint
 from pruning_core.graph.record import original_attr
 
 
+def _projection(module: nn.Module, name: str) -> Optional[str]:
+    """The path of the ``Linear`` that child ``name`` is or wraps (Gemma 4's ``q_proj.linear``)."""
+    child = getattr(module, name, None)
+    if isinstance(child, nn.Linear):
+        return name
+    if isinstance(child, nn.Module):
+        linears = [path for path, m in child.named_modules() if isinstance(m, nn.Linear)]
+        if len(linears) == 1:
+            return f"{name}.{linears[0]}"
+    return None
+
+
+def _separate_projections_layout(module: nn.Module) -> Optional[AttentionLayout]:
+    """Attention with ``q_proj``/``k_proj``/``v_proj`` and int ``num_heads``/``head_dim`` attributes
+    (timm's ``AttentionRope`` without ``qkv``, Gemma 4's vision attention)."""
+    paths = [_projection(module, name) for name in ("q_proj", "k_proj", "v_proj")]
+    heads, head_dim = _int_attr(module, "num_heads"), _int_attr(module, "head_dim")
+    if None in paths or not heads or not head_dim:
+        return None
+    query = module.get_submodule(paths[0])
+    # Sizes before pruning: layouts are collected again after the first group is removed.
+    if original_attr(query, "out_features", query.out_features) != _original(module, "num_heads") * \
+            _original(module, "head_dim"):
+        return None
+    kv_heads = tuple(a for a in ("num_kv_heads",) if _int_attr(module, a))
+    return AttentionLayout(
+        module, query=paths[0], key=paths[1], value=paths[2], num_heads="num_heads",
+        num_key_value_heads=kv_heads, kv_groups=tuple(a for a in ("num_kv_groups",) if _int_attr(module, a)),
+        head_dim="head_dim", width=tuple(a for a in ("attn_dim",) if _int_attr(module, a)),
+        scale="scale" if isinstance(getattr(module, "scale", None), float) else None)
+
+
 def attention_layout(module: nn.Module) -> Optional[AttentionLayout]:
-    """Where ``module`` keeps its heads, if it is attention with a fused, q/k/v-major ``qkv`` projection.
+    """Where ``module`` keeps its heads, if it is attention with a fused, q/k/v-major ``qkv`` projection
+    or with separate ``q_proj``/``k_proj``/``v_proj`` projections.
 
     Covers ViT/DeiT/EVA (``head_dim``), Swin/SwinV2 and BEiT (head size from ``qkv``); the core derives
     the heads and keeps ``num_heads``, ``head_dim``, ``attn_dim`` and ``scale`` in step. Blocks that put
@@ -26,6 +59,8 @@ def attention_layout(module: nn.Module) -> Optional[AttentionLayout]:
     is not three equal parts (TinyViT, EfficientFormer): the core finds no heads in them.
     """
     qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
+    if qkv is None and not getattr(module, "head_first", False):
+        return _separate_projections_layout(module)
     if not isinstance(qkv, nn.Linear) or not isinstance(heads, int) or heads < 1 or getattr(module, "head_first", False):
         return None
     return AttentionLayout(
