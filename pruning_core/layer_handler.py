@@ -21,8 +21,38 @@ from .lineage import note_slice
 Indices = Union[Sequence[int], torch.Tensor, range]
 
 
+class SortedIndices(list):
+    """A list of sorted, distinct channel indices that remembers its tensor form.
+
+    The graph hands handlers plain lists of ints (the same call for every handler); this
+    subclass lets :func:`as_index_tensor` skip converting and re-validating a list the graph
+    made, unless a handler changed it in between.
+    """
+
+    __slots__ = ("_tensor", "_snapshot")
+
+    def __init__(self, values: torch.Tensor) -> None:
+        values = values.detach().to("cpu", torch.long).reshape(-1)
+        if values.numel() > 1 and not bool((values[1:] > values[:-1]).all()):
+            values = torch.unique(values)
+        items = values.tolist()
+        super().__init__(items)
+        self._tensor, self._snapshot = values, items
+
+    def tensor_if_unchanged(self) -> Optional[torch.Tensor]:
+        """The tensor form, or None when the list was edited since it was made."""
+        return self._tensor.clone() if list.__eq__(self, self._snapshot) else None
+
+
 def as_index_tensor(idxs: Any, size: int, where: str) -> torch.Tensor:
     """Validate pruning indices and return them sorted as a CPU ``LongTensor``."""
+    known = idxs.tensor_if_unchanged() if type(idxs) is SortedIndices else None
+    if known is not None:
+        if known.numel() and (int(known[0]) < 0 or int(known[-1]) >= size):
+            bad = int(known[0]) if int(known[0]) < 0 else int(known[-1])
+            raise InvalidIndicesError(
+                f"{where}: pruning index {bad} is out of range for {size} channels (valid: 0..{size - 1})")
+        return known
     if isinstance(idxs, torch.Tensor):
         if idxs.dtype in (torch.bool,) or idxs.is_floating_point() or idxs.is_complex():
             raise InvalidIndicesError(f"{where}: pruning indices must be integers, got a {idxs.dtype} tensor")

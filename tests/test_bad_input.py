@@ -197,3 +197,18 @@ def test_plugin_that_fails_to_load_is_a_typed_error_in_strict_mode(monkeypatch):
     finally:
         monkeypatch.delenv("PRUNING_CORE_STRICT_PLUGINS")
         _plugins.reset_hub()
+
+
+def test_index_list_from_the_graph_is_revalidated_after_a_handler_edits_it():
+    # The graph passes a list that remembers its tensor form; an edited list must be checked again.
+    from pruning_core.layer_handler import SortedIndices, as_index_tensor
+
+    idxs = SortedIndices(torch.tensor([3, 1, 2]))
+    assert list(idxs) == [1, 2, 3] and torch.equal(as_index_tensor(idxs, 4, "layer"), torch.tensor([1, 2, 3]))
+    with pytest.raises(tp.InvalidIndicesError, match="out of range for 3 channels"):
+        as_index_tensor(idxs, 3, "layer")
+    idxs.append(1)
+    with pytest.raises(tp.InvalidIndicesError, match="duplicates"):
+        as_index_tensor(idxs, 4, "layer")
+    idxs[-1] = 0
+    assert torch.equal(as_index_tensor(idxs, 4, "layer"), torch.tensor([0, 1, 2, 3]))

@@ -66,9 +66,10 @@ def note_removed(module: nn.Module, key: str, size_before: int, removed: torch.T
     if kept is None:
         kept = list(range(size_before))
         sizes[key] = size_before
-    gone = set(int(i) for i in removed.tolist())
+    alive = torch.ones(len(kept), dtype=torch.bool)
+    alive[removed.to("cpu", torch.long)] = False
     updated = dict(record)
-    updated["kept"] = {**record["kept"], key: [orig for position, orig in enumerate(kept) if position not in gone]}
+    updated["kept"] = {**record["kept"], key: torch.tensor(kept, dtype=torch.long)[alive].tolist()}
     updated["sizes"] = sizes
     module.__dict__[RECORD_ATTR] = updated
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigurationError, EmptyLayerError, GraphError, PruneFailedError
-from ..layer_handler import keep_indices, prune_tensor
+from ..layer_handler import SortedIndices, keep_indices, prune_tensor
 from . import handlers as hv
 from .build import TracedModel
 from .index import ChannelIndex, Selection, mark_removed
@@ -136,7 +136,7 @@ class ChannelRemover:
 
         The channel bookkeeping is updated before the fix-ups, so they see the new sizes
         (``channel_structure``); the enclosing transaction puts it back if anything fails.
-        Every handler gets the same call: the layer and the positions as a list of ints.
+        Every handler gets the same call: the layer and the positions as a sorted list of ints.
         """
         current: Optional[Slot] = None
         try:
@@ -148,9 +148,9 @@ class ChannelRemover:
                     tensor = getattr(owner, slot.target.attr)
                     prune_tensor(owner, slot.target.attr, slot.dim, keep_indices(idxs, tensor.shape[slot.dim]))
                 elif slot.kind == "out":
-                    slot.handler.prune_out_channels(owner, idxs.tolist())
+                    slot.handler.prune_out_channels(owner, SortedIndices(idxs))
                 else:
-                    slot.handler.prune_in_channels(owner, idxs.tolist())
+                    slot.handler.prune_in_channels(owner, SortedIndices(idxs))
             current = None
             self._refresh_unhandled(members, owner_of)
             mark_removed(selections)
