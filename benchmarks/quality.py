@@ -106,6 +106,12 @@ def _commit() -> str:
         return "unknown"
 
 
+def _commit_line(at_start: str) -> str:
+    """The commit the run imported; the library is imported at the start, so later commits are not measured."""
+    now = _commit()
+    return at_start if now == at_start else f"{at_start} (imported at the start; {now} by the end)"
+
+
 def render_document(sections: List[Dict[str, Any]], command: str, total_s: float, args: Any) -> str:
     times = ", ".join(f"{s['name']} {s['seconds'] / 60:.1f} min" for s in sections)
     lines = ["# Quality after pruning: pruning_core vs Torch-Pruning 1.6.1", "",
@@ -113,7 +119,7 @@ def render_document(sections: List[Dict[str, Any]], command: str, total_s: float
              f"({times}). "
              f"Python {platform.python_version()}, torch {torch.__version__}, transformers {_version('transformers')}, "
              f"torch-pruning {_version('torch-pruning')}, torch threads: {torch.get_num_threads()}, pruning_core at "
-             f"{_commit()}. Machine: {os.cpu_count()} CPUs, load average {args.load_start:.1f} at the start and "
+             f"{_commit_line(args.commit_start)}. Machine: {os.cpu_count()} CPUs, load average {args.load_start:.1f} at the start and "
              f"{os.getloadavg()[0]:.1f} at the end (times are wall-clock on a shared machine).", "",
              "Every row prunes a fresh copy of the same dense model with the same calibration batches and is "
              "measured on held-out data that calibration never saw. Torch-Pruning's rows run in a worker process "
@@ -157,7 +163,7 @@ def main() -> None:
         name, path = args.worker
         runner.worker_main(SECTIONS[name].cls(torch.load(path, weights_only=True)))
         return
-    start, args.load_start = time.time(), os.getloadavg()[0]
+    start, args.load_start, args.commit_start = time.time(), os.getloadavg()[0], _commit()
     sections = [run_section(name, args) for name in args.sections]
     command = "`" + " ".join(["python benchmarks/quality.py"] + sys.argv[1:]) + "`"
     if sys.argv[1:] == ["--output", "benchmarks/results/quality.md"]:

@@ -165,4 +165,10 @@ def render(table: Dict[Any, Any], ratios: List[float], info: Dict[str, Any]) -> 
                      f"Torch-Pruning's best. pruning_core best {100 * ours.mean('accuracy'):.1f}% ({r.name(ours)}), "
                      f"Torch-Pruning best {100 * theirs.mean('accuracy'):.1f}% ({r.name(theirs)}): "
                      f"{gap:+.1f} points. **{verdict}**.")
+        headroom = 100 * (info["dense_accuracy"] - theirs.mean("accuracy"))
+        if verdict == "missed" and headroom < TARGET_POINTS:
+            lines.append(f"  What limits it: the dense model scores {100 * info['dense_accuracy']:.1f}%, so a pruned "
+                         f"model as good as the dense one is only {headroom:.1f} points above Torch-Pruning's best; "
+                         f"pruning_core's best is {100 * info['dense_accuracy'] - 100 * ours.mean('accuracy'):.1f} "
+                         f"points below the dense model.")
     return lines
