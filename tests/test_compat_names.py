@@ -54,3 +54,46 @@ def test_pruner_function_prunes_a_layer_by_hand():
     model = _model()
     tp.pruner.function.prune_conv_out_channels(model[0], idxs=[0, 1])
     assert model[0].out_channels == 14 and model[0].weight.shape[0] == 14
+
+
+def test_target_ratios_follow_the_schedule_the_dict_and_the_cap():
+    model = _model()
+    pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 12, 12), importance="l2", pruning_ratio=0.5,
+                                  iterative_steps=4, pruning_ratio_dict={model[3]: 0.2}, max_pruning_ratio=0.4)
+    assert [pruner.get_target_pruning_ratio(model[0], s) for s in range(5)] == [0.0, 0.125, 0.25, 0.375, 0.4]
+    assert pruner.get_target_pruning_ratio(model[3], 4) == pytest.approx(0.2)
+    assert pruner.get_target_head_pruning_ratio(model[0]) == 0.0
+    pruner.step()
+    assert pruner.get_target_pruning_ratio(model[0]) == 0.125
+    with pytest.raises(tp.ConfigurationError, match="step=5"):
+        pruner.get_target_pruning_ratio(model[0], 5)
+
+
+def test_reset_starts_the_schedule_again_without_undoing_anything():
+    model = _model()
+    pruner = tp.pruner.BasePruner(model, torch.randn(1, 3, 12, 12), importance="l2", pruning_ratio=0.5,
+                                  iterative_steps=2, ignored_layers=[model[3]])
+    pruner.step()
+    pruner.step()
+    assert model[0].out_channels == 8 and pruner.current_step == 2
+    pruner.reset()
+    assert pruner.current_step == 0
+    pruner.step()  # step 1 asks for 25% of the original channels gone: already done
+    assert model[0].out_channels == 8 and pruner.current_step == 1
+
+
+def test_manual_prune_width_removes_the_ratio_named_lowest_scoring_first():
+    model = _model()
+    pruner = tp.pruner.BasePruner(model, torch.randn(1, 3, 12, 12), importance=tp.importance.MagnitudeImportance(p=2),
+                                  pruning_ratio=0.5)
+    expected = model[0].weight.detach().clone()
+    full = pruner.DG.get_pruning_group(model[0], tp.prune_conv_out_channels, list(range(16)))
+    removed = set(torch.argsort(pruner.estimate_importance(full))[:4].tolist())
+    pruner.manual_prune_width(model[0], tp.prune_conv_out_channels, 0.25)
+    kept = [i for i in range(16) if i not in removed]
+    assert model[0].out_channels == 12 and torch.equal(model[0].weight, expected[kept])
+    assert model[1].num_features == 12 and model[3].in_channels == 12
+    pruner.manual_prune_width(model[0], tp.prune_conv_out_channels, [0, 1])
+    assert model[0].out_channels == 10 and torch.equal(model[0].weight, expected[kept[2:]])
+    with pytest.raises(tp.ConfigurationError, match="ratio 1.0"):
+        pruner.manual_prune_width(model[0], tp.prune_conv_out_channels, 1.0)

@@ -17,7 +17,7 @@ from ..graph.dims import leaves
 from ..graph.group import Group
 from ..graph.grouping import expand_ignored
 from ..graph.validate import bisect_failures
-from .options import PruningOptions
+from .options import PruningOptions, schedule
 from .planning import PlannedGroup, PruningWarning, group_for, plan_step, resolve_ratio
 from . import sync
 from .structure import apply_structure
@@ -168,6 +168,52 @@ class BasePruner:
         for planned in self._groups:
             if planned.current > 0:
                 yield self.full_group(planned)
+
+    # -- Torch-Pruning's step bookkeeping ----------------------------------------------
+    def reset(self) -> None:
+        """Start the iterative schedule again (the next ``step()`` is step 1; nothing pruned comes back)."""
+        self.current_step = 0
+
+    def get_target_pruning_ratio(self, module: nn.Module, step: int = -1) -> float:
+        """The fraction of channels the groups rooted in ``module`` have lost after ``step`` (default: the
+        current step): ``pruning_ratio_dict``'s entry for it, else ``pruning_ratio``, on the schedule,
+        capped at ``max_pruning_ratio``."""
+        ratio, _ = resolve_ratio(module, self.options.pruning_ratio_dict, self.options.pruning_ratio, "ratio")
+        return min(self._scheduled(ratio, step), self.options.max_pruning_ratio)
+
+    def get_target_head_pruning_ratio(self, module: nn.Module, step: int = -1) -> float:
+        """As :meth:`get_target_pruning_ratio`, for the heads of attention rooted in ``module``."""
+        ratio, _ = resolve_ratio(module, self.options.head_pruning_ratio_dict, self.options.head_pruning_ratio,
+                                 "head")
+        return min(self._scheduled(ratio, step), 1.0)
+
+    def _scheduled(self, ratio: float, step: int) -> float:
+        step = self.current_step if step < 0 else step
+        if step > self.options.iterative_steps:
+            raise ConfigurationError(f"step={step}: this pruner has {self.options.iterative_steps} iterative "
+                                     "steps; pass a step between 0 and that")
+        return schedule(self.options, ratio)[step]
+
+    def manual_prune_width(self, layer: nn.Module, pruning_fn: Any,
+                           pruning_ratios_or_idxs: Union[float, Sequence[int]]) -> None:
+        """Prune ``layer``'s channels on the ``pruning_fn`` side and everything coupled to them.
+
+        A float removes that fraction of the channels, the lowest-scoring by this pruner's
+        importance (Torch-Pruning 1.6.1 removes ``1 - ratio`` instead of the ratio its docstring
+        names); a list gives the channel indices.
+        """
+        if isinstance(pruning_ratios_or_idxs, float):
+            ratio = pruning_ratios_or_idxs
+            if not 0.0 <= ratio < 1.0:
+                raise ConfigurationError(f"manual_prune_width: ratio {ratio} must be in [0, 1)")
+            out = self.DG.is_out_channel_pruning_fn(pruning_fn)
+            channels = int(self.DG.get_out_channels(layer) if out else self.DG.get_in_channels(layer))
+            full = self.DG.get_pruning_group(layer, pruning_fn, list(range(channels)))
+            idxs = torch.argsort(self.estimate_importance(full))[:int(channels * ratio)].tolist()
+        else:
+            idxs = list(pruning_ratios_or_idxs)
+        if idxs:
+            self.DG.get_pruning_group(layer, pruning_fn, idxs).prune()
 
     # -- pruning -----------------------------------------------------------------------
     def step(self, interactive: bool = False) -> Optional[Iterator[Group]]:
