@@ -97,3 +97,12 @@ def test_manual_prune_width_removes_the_ratio_named_lowest_scoring_first():
     assert model[0].out_channels == 10 and torch.equal(model[0].weight, expected[kept[2:]])
     with pytest.raises(tp.ConfigurationError, match="ratio 1.0"):
         pruner.manual_prune_width(model[0], tp.prune_conv_out_channels, 1.0)
+
+
+def test_group_exec_is_prune_with_a_deprecation_warning():
+    model = _model()
+    DG = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 12, 12))
+    group = DG.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=[2, 5])
+    with pytest.warns(DeprecationWarning, match="prune"):
+        group.exec()
+    assert model[0].out_channels == 14 and model[1].num_features == 14 and model[3].in_channels == 14

@@ -7,6 +7,7 @@ contains a selected atom becomes a :class:`Dependency`; iterating a group gives
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -192,6 +193,12 @@ class Group:
         selections = self.selections if idxs is None else \
             self.index.selections_for(self.root_slot, idxs, explicit=True)
         self.remover.prune(selections, self.root_slot)
+
+    def exec(self) -> None:
+        """Torch-Pruning's old name for :meth:`prune`; warns, as Torch-Pruning does."""
+        warnings.warn("Group.exec() is Torch-Pruning's old name for Group.prune(); call prune()",
+                      DeprecationWarning, stacklevel=2)
+        self.prune()
 
     def soft_prune(self, idxs: Optional[Sequence[int]] = None) -> None:
         """Zero the parameters of the group's channels instead of removing them.
