@@ -78,6 +78,18 @@ def _head_size(attention) -> int:
     return attention.qkv.out_features // (3 * attention.num_heads)
 
 
+def _zero_removed_heads(query_rows, kept_query_rows, size, output_weight) -> None:
+    """Find which heads survived by their query rows, and zero the others' columns of the output projection."""
+    heads, kept_heads = query_rows.shape[0] // size, kept_query_rows.shape[0] // size
+    kept = {h for h in range(heads)
+            if any(torch.equal(query_rows[h * size:(h + 1) * size], kept_query_rows[k * size:(k + 1) * size])
+                   for k in range(kept_heads))}
+    assert len(kept) == kept_heads
+    with torch.no_grad():
+        for h in set(range(heads)) - kept:
+            output_weight[:, h * size:(h + 1) * size] = 0
+
+
 @pytest.mark.parametrize("name,kwargs", [("vit_tiny_patch16_224", {"depth": 2}),
                                          ("swin_tiny_patch4_window7_224", {"depths": (1, 1, 2, 1)})],
                          ids=["vit", "swin"])
@@ -99,15 +111,8 @@ def test_head_pruning_needs_no_patch_and_matches_zeroed_heads(name, kwargs):
     for pruned, original in zip(_attention_modules(model), _attention_modules(twin)):
         size = _head_size(original)
         assert _head_size(pruned) == size
-        q_rows = original.qkv.weight[: original.num_heads * size]
-        kept_q = pruned.qkv.weight[: pruned.num_heads * size]
-        kept = {h for h in range(original.num_heads)
-                if any(torch.equal(q_rows[h * size:(h + 1) * size], kept_q[k * size:(k + 1) * size])
-                       for k in range(pruned.num_heads))}
-        assert len(kept) == pruned.num_heads
-        with torch.no_grad():
-            for h in set(range(original.num_heads)) - kept:
-                original.proj.weight[:, h * size:(h + 1) * size] = 0
+        _zero_removed_heads(original.qkv.weight[: original.num_heads * size],
+                            pruned.qkv.weight[: pruned.num_heads * size], size, original.proj.weight)
     with torch.no_grad():
         torch.testing.assert_close(model(x), twin(x), rtol=1e-4, atol=1e-5)
 
@@ -257,13 +262,7 @@ def test_heads_of_wrapped_separate_projections_prune_and_match_zeroed_heads():
         size = original.head_dim
         assert (pruned.num_heads, pruned.num_kv_heads, pruned.head_dim) == (original.num_heads // 2,) * 2 + (size,)
         assert pruned.q_proj.linear.out_features == pruned.num_heads * size == pruned.o_proj.linear.in_features
-        q_rows, kept_q = original.q_proj.linear.weight, pruned.q_proj.linear.weight
-        kept = {h for h in range(original.num_heads)
-                if any(torch.equal(q_rows[h * size:(h + 1) * size], kept_q[k * size:(k + 1) * size])
-                       for k in range(pruned.num_heads))}
-        assert len(kept) == pruned.num_heads
-        with torch.no_grad():
-            for h in set(range(original.num_heads)) - kept:
-                original.o_proj.linear.weight[:, h * size:(h + 1) * size] = 0
+        _zero_removed_heads(original.q_proj.linear.weight, pruned.q_proj.linear.weight, size,
+                            original.o_proj.linear.weight)
     with torch.no_grad():
         torch.testing.assert_close(model(x), twin(x), rtol=1e-4, atol=1e-5)
