@@ -164,3 +164,16 @@ def test_a_plugin_returning_a_bad_layout_is_isolated():
         assert "has no child module 'nope'" in hub.infos["bad_layout"].error
     finally:
         hub.unregister("bad_layout")
+
+
+def test_the_reason_shown_for_kept_heads_is_the_option_that_keeps_them(toy_plugin):
+    # The heads' count is a size written in code (n_heads) until the layout explains it; with head
+    # pruning off, "whole heads are kept" is why, and it comes first (inspect shows the first reason).
+    model = ToyModel().eval()
+    pruner = tp.pruner.MagnitudePruner(model, torch.randn(2, 5, 6), tp.importance.MagnitudeImportance(),
+                                       pruning_ratio=0.5, prune_head_dims=False)
+    reasons = pruner.DG.frozen_reasons()
+    assert reasons["attn.o [in]"][0] == "attn.q: whole heads are kept"
+    from pruning_core.cli.inspect_cmd import plain_reason
+
+    assert "prune_num_heads=True" in plain_reason(reasons["attn.o [in]"][0])

@@ -34,6 +34,8 @@ def plain_reason(note: str) -> str:
     if note.endswith(": number of groups"):
         return (f"split into heads or equal groups by {note[:-len(': number of groups')]} (heads are pruned only "
                 "when a hint says how: num_heads=..., or a plugin)")
+    if note.endswith(": whole heads are kept"):
+        return f"{note} (heads are removed only with prune_num_heads=True and a head_pruning_ratio)"
     for prefix in ("pruning it broke the model: ", "trial pruning failed: "):
         if note.startswith(prefix):
             return f"removing them broke the model's forward ({note[len(prefix):]})"

@@ -71,9 +71,14 @@ class DimSpace:
     def mark(self, expr: Expr, flags: int, note: Optional[str] = None) -> None:
         """Set ``flags`` on every leaf atom of ``expr``."""
         for leaf in leaves(expr):
+            newly_frozen = bool(flags & FROZEN) and not leaf.flags & FROZEN
             leaf.flags |= flags
-            if note and len(leaf.notes) < 4 and note not in leaf.notes:
-                leaf.notes.append(note)
+            if note and note not in leaf.notes:
+                if newly_frozen:  # the note that freezes it is the reason to show first
+                    leaf.notes.insert(0, note)
+                    del leaf.notes[4:]
+                elif len(leaf.notes) < 4:
+                    leaf.notes.append(note)
 
     def freeze(self, expr: Expr, note: str) -> None:
         self.mark(expr, FROZEN, note)
