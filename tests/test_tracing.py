@@ -490,3 +490,19 @@ def test_a_forward_that_needs_values_is_traced_once_on_meta_then_on_real_weights
     group = dg.get_pruning_group(model.a, tp.prune_linear_out_channels, idxs=[0, 1, 2])
     group.prune()
     assert model.a.out_features == 5 and model.b.in_features == 5
+
+
+def test_the_first_reason_for_kept_channels_is_what_blocks_them():
+    # The view sizes the output in code (a structure a hint could unlock); being the model's output is what
+    # actually keeps the channels, so inspect, which shows the first reason, must say that.
+    class Reshaped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 8)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return y.view(y.shape[0], 2, 4)
+
+    DG = tp.DependencyGraph().build_dependency(Reshaped(), example_inputs=torch.randn(3, 6))
+    assert DG.frozen_reasons()["fc [out]"] == ["model output", "size written in code at aten::view in the model"]

@@ -71,10 +71,10 @@ class DimSpace:
     def mark(self, expr: Expr, flags: int, note: Optional[str] = None) -> None:
         """Set ``flags`` on every leaf atom of ``expr``."""
         for leaf in leaves(expr):
-            newly_frozen = bool(flags & FROZEN) and not leaf.flags & FROZEN
+            newly_blocked = bool(flags & (FROZEN | OUTPUT)) and not leaf.flags & (FROZEN | OUTPUT)
             leaf.flags |= flags
             if note and note not in leaf.notes:
-                if newly_frozen:  # the note that freezes it is the reason to show first
+                if newly_blocked:  # the note that first blocks it (frozen, or a model output) is shown first
                     leaf.notes.insert(0, note)
                     del leaf.notes[4:]
                 elif len(leaf.notes) < 4:
