@@ -59,10 +59,12 @@ def test_pruner_function_prunes_a_layer_by_hand():
 def test_target_ratios_follow_the_schedule_the_dict_and_the_cap():
     model = _model()
     pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 12, 12), importance="l2", pruning_ratio=0.5,
-                                  iterative_steps=4, pruning_ratio_dict={model[3]: 0.2}, max_pruning_ratio=0.4)
+                                  iterative_steps=4, pruning_ratio_dict={model[3]: 0.2}, max_pruning_ratio=0.4,
+                                  head_pruning_ratio=0.8, head_pruning_ratio_dict={model[3]: 0.2})
     assert [pruner.get_target_pruning_ratio(model[0], s) for s in range(5)] == [0.0, 0.125, 0.25, 0.375, 0.4]
     assert pruner.get_target_pruning_ratio(model[3], 4) == pytest.approx(0.2)
-    assert pruner.get_target_head_pruning_ratio(model[0]) == 0.0
+    assert [pruner.get_target_head_pruning_ratio(model[0], s) for s in range(5)] == [0.0, 0.2, 0.4, 0.4, 0.4]
+    assert pruner.get_target_head_pruning_ratio(model[3], 4) == pytest.approx(0.2)
     pruner.step()
     assert pruner.get_target_pruning_ratio(model[0]) == 0.125
     with pytest.raises(tp.ConfigurationError, match="step=5"):
@@ -106,3 +108,26 @@ def test_group_exec_is_prune_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="prune"):
         group.exec()
     assert model[0].out_channels == 14 and model[1].num_features == 14 and model[3].in_channels == 14
+
+
+class _FusedAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.proj, self.heads = nn.Linear(16, 48), nn.Linear(16, 16), 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_the_reported_head_target_is_the_one_step_applies():
+    model = nn.Sequential(nn.Linear(6, 16), _FusedAttention(), nn.Linear(16, 3))
+    qkv = model[1].qkv
+    pruner = tp.pruner.BasePruner(model, torch.randn(2, 5, 6), importance="l2", pruning_ratio=0.0,
+                                  num_heads={qkv: 4}, prune_num_heads=True, prune_head_dims=False,
+                                  head_pruning_ratio=0.75, max_pruning_ratio=0.5)
+    pruner.step()
+    assert pruner.get_target_head_pruning_ratio(qkv) == 0.5
+    assert qkv.out_features == 3 * 2 * 4  # 4 heads of 4, half removed: the cap, not 0.75

@@ -178,21 +178,22 @@ class BasePruner:
         """The fraction of channels the groups rooted in ``module`` have lost after ``step`` (default: the
         current step): ``pruning_ratio_dict``'s entry for it, else ``pruning_ratio``, on the schedule,
         capped at ``max_pruning_ratio``."""
-        ratio, _ = resolve_ratio(module, self.options.pruning_ratio_dict, self.options.pruning_ratio, "ratio")
-        return min(self._scheduled(ratio, step), self.options.max_pruning_ratio)
+        return self._target(module, self.options.pruning_ratio_dict, self.options.pruning_ratio, "tuple", step)
 
     def get_target_head_pruning_ratio(self, module: nn.Module, step: int = -1) -> float:
-        """As :meth:`get_target_pruning_ratio`, for the heads of attention rooted in ``module``."""
-        ratio, _ = resolve_ratio(module, self.options.head_pruning_ratio_dict, self.options.head_pruning_ratio,
-                                 "head")
-        return min(self._scheduled(ratio, step), 1.0)
+        """As :meth:`get_target_pruning_ratio`, for the heads of attention rooted in ``module``
+        (``head_pruning_ratio_dict``, ``head_pruning_ratio``; the cap applies to heads too)."""
+        options = self.options
+        return self._target(module, options.head_pruning_ratio_dict, options.head_pruning_ratio, "heads", step)
 
-    def _scheduled(self, ratio: float, step: int) -> float:
+    def _target(self, module: nn.Module, table: Dict[Any, float], default: float, kind: str, step: int) -> float:
+        # The ratio as _plan_groups resolves it, on the schedule plan_step follows, capped as min_keep caps it.
         step = self.current_step if step < 0 else step
         if step > self.options.iterative_steps:
             raise ConfigurationError(f"step={step}: this pruner has {self.options.iterative_steps} iterative "
                                      "steps; pass a step between 0 and that")
-        return schedule(self.options, ratio)[step]
+        ratio, _ = resolve_ratio(module, table, default, kind)
+        return min(schedule(self.options, ratio)[step], self.options.max_pruning_ratio)
 
     def manual_prune_width(self, layer: nn.Module, pruning_fn: Any,
                            pruning_ratios_or_idxs: Union[float, Sequence[int]]) -> None:
