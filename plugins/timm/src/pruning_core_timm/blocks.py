@@ -29,24 +29,31 @@ def _projection(module: nn.Module, name: str) -> Optional[str]:
     return None
 
 
+def _int_names(module: nn.Module, *names: str) -> tuple:
+    """Those of ``names`` that are int attributes of ``module`` (the optional fields of a layout)."""
+    return tuple(n for n in names if isinstance(getattr(module, n, None), int)
+                 and not isinstance(getattr(module, n), bool))
+
+
+def _scale_name(module: nn.Module) -> Optional[str]:
+    return "scale" if isinstance(getattr(module, "scale", None), float) else None
+
+
 def _separate_projections_layout(module: nn.Module) -> Optional[AttentionLayout]:
     """Attention with ``q_proj``/``k_proj``/``v_proj`` and int ``num_heads``/``head_dim`` attributes
     (timm's ``AttentionRope`` without ``qkv``, Gemma 4's vision attention)."""
     paths = [_projection(module, name) for name in ("q_proj", "k_proj", "v_proj")]
-    heads, head_dim = _int_attr(module, "num_heads"), _int_attr(module, "head_dim")
-    if None in paths or not heads or not head_dim:
+    # Sizes before pruning: layouts are collected again after the first group is removed.
+    heads, head_dim = _original(module, "num_heads"), _original(module, "head_dim")
+    if None in paths or _int_names(module, "num_heads", "head_dim") != ("num_heads", "head_dim"):
         return None
     query = module.get_submodule(paths[0])
-    # Sizes before pruning: layouts are collected again after the first group is removed.
-    if original_attr(query, "out_features", query.out_features) != _original(module, "num_heads") * \
-            _original(module, "head_dim"):
+    if original_attr(query, "out_features", query.out_features) != heads * head_dim:
         return None
-    kv_heads = tuple(a for a in ("num_kv_heads",) if _int_attr(module, a))
     return AttentionLayout(
         module, query=paths[0], key=paths[1], value=paths[2], num_heads="num_heads",
-        num_key_value_heads=kv_heads, kv_groups=tuple(a for a in ("num_kv_groups",) if _int_attr(module, a)),
-        head_dim="head_dim", width=tuple(a for a in ("attn_dim",) if _int_attr(module, a)),
-        scale="scale" if isinstance(getattr(module, "scale", None), float) else None)
+        num_key_value_heads=_int_names(module, "num_kv_heads"), kv_groups=_int_names(module, "num_kv_groups"),
+        head_dim="head_dim", width=_int_names(module, "attn_dim"), scale=_scale_name(module))
 
 
 def attention_layout(module: nn.Module) -> Optional[AttentionLayout]:
@@ -58,16 +65,15 @@ def attention_layout(module: nn.Module) -> Optional[AttentionLayout]:
     heads first (MaxViT, CoAtNet: ``head_first``) are left to the tracer, and so are blocks whose ``qkv``
     is not three equal parts (TinyViT, EfficientFormer): the core finds no heads in them.
     """
-    qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
-    if qkv is None and not getattr(module, "head_first", False):
-        return _separate_projections_layout(module)
-    if not isinstance(qkv, nn.Linear) or not isinstance(heads, int) or heads < 1 or getattr(module, "head_first", False):
+    if getattr(module, "head_first", False):
         return None
-    return AttentionLayout(
-        module, fused="qkv", parts=3, num_heads="num_heads",
-        head_dim=tuple(a for a in ("head_dim",) if isinstance(getattr(module, a, None), int)),
-        width=tuple(a for a in ("attn_dim",) if isinstance(getattr(module, a, None), int)),
-        scale="scale" if isinstance(getattr(module, "scale", None), float) else None)
+    qkv, heads = getattr(module, "qkv", None), getattr(module, "num_heads", None)
+    if qkv is None:
+        return _separate_projections_layout(module)
+    if not isinstance(qkv, nn.Linear) or not isinstance(heads, int) or heads < 1:
+        return None
+    return AttentionLayout(module, fused="qkv", parts=3, num_heads="num_heads", head_dim=_int_names(module, "head_dim"),
+                           width=_int_names(module, "attn_dim"), scale=_scale_name(module))
 
 
 def final_classifiers(model: nn.Module) -> List[nn.Module]:
