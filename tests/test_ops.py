@@ -137,6 +137,20 @@ def test_channel_slice_is_not_pruned_silently():
         DG.get_pruning_group(model.producer, tp.prune_conv_out_channels, idxs=[0])
 
 
+@pytest.mark.parametrize("bounds, width", [((None, 2), 2), ((2, None), 6), ((-2, None), 2), ((None, -2), 6)])
+def test_a_constant_slice_on_group_boundaries_keeps_the_channels_it_counts(bounds, width):
+    """After a GroupNorm of 4 groups of 2, a constant cut at 2 or 6 falls between groups and makes no new
+    channel set, but the constant still counts the channels within each group: pruning one of them would
+    make the slice read other channels (a random architecture pruned ``x[:, :2]`` to 1 channel read as 2)."""
+    op = nn.Sequential(nn.GroupNorm(4, 8), Lambda(lambda x: x[:, slice(*bounds)]))
+    model = OpNet(op, consumer_in=width)
+    DG = tp.DependencyGraph().build_dependency(model, X)
+    with pytest.raises(tp.GraphError, match="cannot be pruned"):
+        DG.get_pruning_group(model.producer, tp.prune_conv_out_channels, idxs=[1])
+    tp.pruner.BasePruner(model, X, importance="l2", pruning_ratio=0.5).step()
+    assert model.producer.out_channels == 8 and model(X).shape == (2, 4, 6, 6)
+
+
 @pytest.mark.parametrize("cut", [8, 3])
 def test_an_empty_slice_joined_back_keeps_the_channels_prunable(cut):
     """Phi-3's partial rotary with rotary_dim == head_dim: ``x[:, n:]`` is empty, then concatenated back."""

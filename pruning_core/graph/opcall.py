@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from .dims import STRUCTURED, DimSpace, Expr
+from .dims import STRUCTURED, DimError, DimSpace, Expr
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trace import Recorder
@@ -107,15 +107,24 @@ class OpCall:
 
         return follow(self.recorder, sizes, produced)
 
-    def size_exprs(self, sizes: Sequence[int]) -> List[Optional[Expr]]:
-        """What each of ``sizes`` measures, where Python read it from a traced shape (else None).
+    def traced_sizes(self, sizes: Sequence[int]) -> List[bool]:
+        """Whether Python computed each of ``sizes`` from a traced shape or a followed size attribute.
 
-        ``qkv_bias[n // 3 : 2 * (n // 3)]``: evaluating ``n // 3`` cuts the dim into three parts
-        first, so slicing it at those offsets keeps the parts' channels prunable.
+        Such sizes follow pruning when the forward runs again; constants do not. Each traced size
+        is resolved for its effect: ``qkv_bias[n // 3 : 2 * (n // 3)]`` cuts the dim into three
+        parts first, so slicing it at those offsets lands on their boundaries.
         """
         from .symbolic import aligned_sources
 
-        return [None if source is None else source.expr() for source in aligned_sources(self.recorder, sizes)]
+        traced = []
+        for source in aligned_sources(self.recorder, sizes):
+            if source is not None:
+                try:
+                    source.expr()
+                except DimError:  # the dim cannot take that structure; the size still follows pruning
+                    pass
+            traced.append(source is not None)
+        return traced
 
     def structure(self, expr: Expr, note: Optional[str] = None) -> None:
         self.recorder.space.mark(expr, STRUCTURED, note or f"sized in code at {self.name}")

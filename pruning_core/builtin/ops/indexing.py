@@ -137,13 +137,24 @@ def slice_(call: OpCall) -> None:
         call.set(out, dims[:dim] + [Cat(())] + dims[dim + 1:])
         return
     space = call.space
-    for bound in (call.arg("start"), call.arg("end")):
-        if isinstance(bound, int):  # bounds Python computed from a traced size restructure the dim first
-            call.size_exprs([bound])
+    given = (call.arg("start", 0), call.arg("end", n))
+    # bounds Python computed from a traced size restructure the dim first, and follow pruning
+    traced = [isinstance(b, int) and call.traced_sizes([b])[0] for b in given]
     first_new = len(space.atoms)
     try:
         pieces = space.cut(dims[dim], [start, end])
-        middle = pieces[1] if start > 0 else pieces[0]  # cut at 0 < start < end <= n: start opens a piece
+        before = [pieces[0]] if start > 0 else []
+        middle = pieces[len(before)]
+        after = pieces[len(before) + 1:]
+        # A constant bound counts the channels on one side of it: pruning any of them would move
+        # what the slice selects, even where the bound falls on an existing boundary (heads, groups).
+        counted: List[Expr] = []
+        if start > 0 and not traced[0]:
+            counted += [middle] + after if given[0] < 0 else before
+        if end < n and not traced[1]:
+            counted += after if given[1] < 0 else before + [middle]
+        for piece in counted:
+            space.mark(piece, STRUCTURED, "sliced at constant offsets")
         if step > 1:
             length = end - start
             if length % step:
