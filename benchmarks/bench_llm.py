@@ -32,6 +32,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
+import run_info  # benchmarks/, beside this script
+
 SHAPES = {  # LLaMA-2-7B; "small" is for trying the script in a minute
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32, vocab_size=32000),
@@ -306,10 +308,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = render(args.shape, rows, src_bytes, out_bytes, args)
-    print(table)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(table)
+    run_info.publish(table, args.output)
 
 
 if __name__ == "__main__":

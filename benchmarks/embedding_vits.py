@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import subprocess
 import sys
 from typing import Dict, List
 
@@ -20,6 +19,7 @@ import timm
 import torch
 
 import pruning_core as tp
+import run_info
 
 MODELS = ("vit_tiny_patch16_dinov3_qkvb", "deepseek_vit_412m", "gemma4_vit_167m", "qwen3_vit_88m")
 SETTINGS: Dict[str, Dict[str, object]] = {
@@ -47,21 +47,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", help="also write the table here")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines: List[str] = [
         "# Embedding-output ViTs at ratio 0.5: parameters kept", "",
         f"Command: `python benchmarks/embedding_vits.py --output benchmarks/results/embedding-vits.md`, "
-        f"{datetime.date.today()}, pruning_core at {commit}, timm {timm.__version__}, torch {torch.__version__}.", "",
+        f"{datetime.date.today()}, pruning_core at {run_info.commit()}, timm {timm.__version__}, torch {torch.__version__}.", "",
         "| model | " + " | ".join(SETTINGS) + " |", "|---|" + "---:|" * len(SETTINGS)]
     for name in MODELS:
         cells = [kept_fraction(name, options) for options in SETTINGS.values()]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
         print(lines[-1], file=sys.stderr)
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text)
+    run_info.publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Callable, Dict
 
 import torch
 
+import run_info
 from pruning_core.testing import architectures
 
 
@@ -158,10 +159,7 @@ def main() -> None:
         for seed, kinds, result in failures[name]:
             lines.append(f"- {name} seed {seed}: {result}; blocks {kinds}")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        with open(args.output, "w") as handle:
-            handle.write(text)
+    run_info.publish(text, args.output)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List
@@ -31,6 +30,7 @@ sys.path.insert(0, HERE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import run_info  # noqa: E402
 import torch  # noqa: E402
 
 from quality import report, runner  # noqa: E402
@@ -95,20 +95,9 @@ def _version(module: str) -> str:
         return "not installed"
 
 
-def _commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pruning_core", "plugins"], capture_output=True,
-                               text=True, cwd=os.path.dirname(HERE)).stdout.strip()
-        return head + (" with uncommitted library changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _commit_line(at_start: str) -> str:
     """The commit the run imported; the library is imported at the start, so later commits are not measured."""
-    now = _commit()
+    now = run_info.commit()
     return at_start if now == at_start else f"{at_start} (imported at the start; {now} by the end)"
 
 
@@ -163,7 +152,7 @@ def main() -> None:
         name, path = args.worker
         runner.worker_main(SECTIONS[name].cls(torch.load(path, weights_only=True)))
         return
-    start, args.load_start, args.commit_start = time.time(), os.getloadavg()[0], _commit()
+    start, args.load_start, args.commit_start = time.time(), os.getloadavg()[0], run_info.commit()
     sections = [run_section(name, args) for name in args.sections]
     command = "`" + " ".join(["python benchmarks/quality.py"] + sys.argv[1:]) + "`"
     if sys.argv[1:] == ["--output", "benchmarks/results/quality.md"]:
