@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import ConfigurationError
 from .build import TracedModel
-from .dims import FROZEN, UNLOCKED, Atom, Cat, DimError, Prod, current_size, leaves, resolve
+from .dims import FROZEN, OUTPUT, UNLOCKED, Atom, Cat, DimError, Prod, current_size, leaves, resolve
 from .index import ChannelIndex
 from .lookup import SlotLookup
 
@@ -147,9 +147,10 @@ class ChannelStructure:
         out: Dict[str, List[str]] = {}
         for slot in self.traced.recorder.slots:
             notes: List[str] = []
-            for atom in index.atoms_of(slot):
-                if not atom.prunable:
-                    notes.extend(n for n in atom.notes if n not in notes)
+            kept = [atom for atom in index.atoms_of(slot) if not atom.prunable]
+            # what blocks outright (frozen, a model output) before sizes written in code, which a hint can unlock
+            for atom in sorted(kept, key=lambda atom: not atom.flags & (FROZEN | OUTPUT)):
+                notes.extend(n for n in atom.notes if n not in notes)
             if notes:
                 out[f"{slot.describe()} [{slot.kind}]"] = notes
         return out

@@ -266,3 +266,14 @@ def test_heads_of_wrapped_separate_projections_prune_and_match_zeroed_heads():
                             original.o_proj.linear.weight)
     with torch.no_grad():
         torch.testing.assert_close(model(x), twin(x), rtol=1e-4, atol=1e-5)
+
+
+def test_inspect_names_the_kept_heads_first_for_a_fused_qkv():
+    """qkv's rows are (part, head, dim): kept heads are frozen, the part count is only a size written in code,
+    so the reason inspect shows first for qkv (and its consumer) is the option that keeps the heads."""
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, depth=1).eval()
+    pruner = tp.pruner.MagnitudePruner(model, torch.randn(1, 3, 224, 224), tp.importance.MagnitudeImportance(),
+                                       pruning_ratio=0.5, prune_head_dims=False)
+    reasons = pruner.DG.frozen_reasons()
+    assert reasons["blocks.0.attn.qkv [out]"][0] == reasons["blocks.0.attn.proj [in]"][0] == \
+        "blocks.0.attn.qkv: whole heads are kept"
