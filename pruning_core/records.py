@@ -282,7 +282,8 @@ class SizeAttribute(_Stamped):
     """Int attributes of ``module`` that size reshapes, splits or new tensors in its forward.
     Return it from ``collect_structure_hints``. While tracing each is followed like ``x.shape[1]``:
     the first shape it sizes is what it measures, and the core sets it to that's new size after
-    every pruning (``torch.split(x, [self.dim_conv, self.dim_untouched])``).
+    every pruning (``torch.split(x, [self.dim_conv, self.dim_untouched])``). One that sizes no shape
+    follows the dims of the module's own weights of its size, while they agree on one new size.
 
     :param module: the module holding the attributes.
     :param attributes: names of sizes (a split part, a channel dim, a head size): ints, or lists of ints (split sizes).

@@ -12,6 +12,7 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import pruning_core as tp
@@ -446,6 +447,53 @@ def test_a_split_at_an_attribute_and_the_rest_of_a_shape_follows_pruning():
     finally:
         hub.unregister("context_split_sizes")
     assert (model.context.out_channels, model.hidden, model.gru.in_channels, model.ctx.in_channels) == (8, 3, 3, 5)
+    trains(model, x)
+
+
+class RawExperts(nn.Module):
+    """Fused experts (transformers' MoE blocks): raw weights, a width that sizes a reshape, and sizes the
+    forward never shapes anything with."""
+
+    def __init__(self, hidden: int = 8, inner: int = 6, experts: int = 3) -> None:
+        super().__init__()
+        self.hidden_dim, self.intermediate_dim, self.num_experts = hidden, inner, experts
+        self.up = nn.Parameter(torch.randn(experts, inner, hidden) * 0.3)
+        self.down = nn.Parameter(torch.randn(experts, hidden, inner) * 0.3)
+
+    def forward(self, x):
+        tokens = x.reshape(-1, self.hidden_dim)
+        out = torch.zeros_like(tokens)
+        for expert in range(self.up.shape[0]):
+            out = out + F.linear(F.linear(tokens, self.up[expert]).relu(), self.down[expert])
+        return out.reshape(x.shape)
+
+
+class ExpertsModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.experts, self.head = nn.Linear(5, 8), RawExperts(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.experts(self.embed(x)))
+
+
+def test_declared_sizes_the_forward_never_shapes_with_follow_their_modules_weights():
+    plugin = types.ModuleType("raw_expert_sizes")
+    plugin.collect_structure_hints = tp.hookimpl(lambda model: [
+        tp.SizeAttribute(m, ("hidden_dim", "intermediate_dim", "num_experts")) for m in model.modules()
+        if isinstance(m, RawExperts)])
+    hub = _plugins.get_hub()
+    hub.register(plugin, "raw_expert_sizes")
+    try:
+        model, x = ExpertsModel().eval(), torch.randn(2, 4, 5)
+        oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.embed, tp.prune_linear_out_channels, [1, 6]))
+        tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    finally:
+        hub.unregister("raw_expert_sizes")
+    experts = model.experts
+    assert experts.up.shape == (3, 3, 4) and experts.down.shape == (3, 4, 3)
+    # hidden_dim sized the reshape; intermediate_dim was never used, and takes its weights' new size
+    assert (experts.hidden_dim, experts.intermediate_dim, experts.num_experts) == (4, 3, 3)
     trains(model, x)
 
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..calling import call_model
-from .symbolic import SizeTracker, followed_attributes, scrub
+from .symbolic import SizeTracker, bind_to_weights, followed_attributes, scrub
 from .trace import Recorder, iter_tensors
 
 class _DispatchTracer(TorchDispatchMode):
@@ -178,6 +178,8 @@ def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
             output = call_model(model, example_inputs, forward_fn)
             if output_transform is not None:
                 output = output_transform(output)
+        if symbolic:
+            bind_to_weights(recorder)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         if symbolic:

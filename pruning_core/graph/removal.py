@@ -18,7 +18,6 @@ from . import handlers as hv
 from .build import TracedModel
 from .index import ChannelIndex, Selection, mark_removed
 from .lookup import SlotLookup
-from .expr import current_size, resolve
 from .record import ensure_record, note_attr_changes, note_removed, plain_attrs
 from .slots import Slot
 from .transaction import TransactionStack, snapshot_deep
@@ -172,7 +171,9 @@ class ChannelRemover:
         for binding in self.traced.recorder.size_bindings:
             if binding.follows_pruning:
                 target = lookup.get(self.traced.name_of(binding.module))  # the model, or a trial copy
-                size = current_size(resolve(binding.bound)) * binding.scale  # the atom may have been split since
+                size = binding.current_value()
+                if size is None:
+                    continue
                 value = getattr(target, binding.attribute, None) if target is not None else None
                 if binding.index is not None and isinstance(value, (list, tuple)):  # one of the split sizes
                     size = type(value)(size if i == binding.index else v for i, v in enumerate(value))

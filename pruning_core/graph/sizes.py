@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
 
 from torch import nn
 
-from .dims import STRUCTURED, Expr, Prod, resolve
+from .dims import STRUCTURED, Expr, Prod, current_size, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trace import Recorder
@@ -106,6 +106,8 @@ class SizeBinding:
         self.index = index  # the position in a list or tuple attribute (split sizes), or None for an int
         self.bound: Optional[Expr] = None
         self.scale = 1  # ``in_channels // paths`` sized a part: the attribute is ``scale`` times ``bound``
+        # never used in a shape: the dims of the module's own weights of that size; followed while they agree
+        self.weights: Tuple[Expr, ...] = ()
 
     def expr(self) -> Optional[Expr]:
         if self.slot is not None:
@@ -125,7 +127,14 @@ class SizeBinding:
     @property
     def follows_pruning(self) -> bool:
         """Whether the core must write this attribute after pruning (its handler does not)."""
-        return self.slot is None and self.bound is not None
+        return self.slot is None and (self.bound is not None or bool(self.weights))
+
+    def current_value(self) -> Optional[int]:
+        """The size to write back now; None when the weights it matched no longer agree on one size."""
+        if self.bound is not None:
+            return current_size(resolve(self.bound)) * self.scale  # the atom may have been split since
+        sizes = {current_size(resolve(expr)) for expr in self.weights}
+        return sizes.pop() if len(sizes) == 1 else None
 
 
 class TracedSize(int):

@@ -263,6 +263,15 @@ def followed_attributes(recorder: "Recorder", model: nn.Module, handled: Dict[in
             module.__dict__[attr] = value
 
 
+def bind_to_weights(recorder: "Recorder") -> None:
+    """Declared sizes the forward never shaped anything with follow the dims of their module's own weights
+    of the same size (a fused experts block's ``intermediate_dim``), so they do not go stale after pruning."""
+    for binding in recorder.size_bindings:
+        if binding.unbound and not binding.count and binding.index is None:
+            binding.weights = tuple(slot.expr for slot in recorder.slots if slot.kind in ("param", "buffer")
+                                    and slot.target.owner is binding.module and slot.expr.size == binding.value)
+
+
 def _traced(recorder: "Recorder", module: nn.Module, attr: str, value: Any, count: bool,
             index: Optional[int]) -> Any:
     """A declared size as a :class:`TracedSize` bound to a new :class:`SizeBinding` (sizes below 2 stay as they are)."""

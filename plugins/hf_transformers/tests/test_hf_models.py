@@ -296,13 +296,18 @@ def test_save_solves_config_fields_the_plugin_never_names(family, tmp_path):
         field, width = "d_ff", lambda m: m.encoder.block[0].layer[1].DenseReluDense.wi.out_features
     else:
         model = T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(
-            vocab_size=64, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_experts=4,
+            vocab_size=64, hidden_size=64, intermediate_size=128, moe_intermediate_size=24, num_experts=4,
             num_experts_per_tok=2, shared_expert_intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2))
         inputs = TEXT
         field = "shared_expert_intermediate_size"
         width = lambda m: m.model.layers[0].mlp.shared_expert.up_proj.out_features  # noqa: E731
     tp.pruner.BasePruner(model.eval(), inputs, pruning_ratio=0.3).step()
+    if family == "qwen2_moe":  # the fused experts' and router's size attributes follow their raw weights
+        for layer in model.model.layers:  # (24 experts' width: 2 x 24 is not the hidden size, so no size is ambiguous)
+            experts, router = layer.mlp.experts, layer.mlp.gate
+            assert (experts.hidden_dim, experts.intermediate_dim) == tuple(experts.down_proj.shape[1:])
+            assert experts.intermediate_dim < 24 and router.hidden_dim == router.weight.shape[1] < 64
     saved = pruning_core_hf.save_pretrained(model, str(tmp_path))
     assert saved.form == "stock", saved.reason
     written = json.loads((tmp_path / "config.json").read_text())[field]

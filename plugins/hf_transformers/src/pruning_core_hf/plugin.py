@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Union
 
-from pruning_core import AttentionLayout, LayerHandlerSpec, ModelScheme, StateCodec, StructureHint, hookimpl
+from pruning_core import (AttentionLayout, LayerHandlerSpec, ModelScheme, SizeAttribute, StateCodec, StructureHint,
+                          hookimpl)
 
 
 def _is_transformers_model(model: Any) -> bool:
@@ -19,20 +20,23 @@ def register_layer_handlers() -> List[LayerHandlerSpec]:
 
 
 @hookimpl
-def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, StructureHint]]:
-    """Where every attention block keeps its heads, and the output head (kept)."""
+def collect_structure_hints(model: Any) -> List[Union[AttentionLayout, StructureHint, SizeAttribute]]:
+    """Where every attention block keeps its heads, the output head (kept), and raw-weight modules' sizes."""
     if not _is_transformers_model(model):
         return []
     from .attention import attention_layouts, latent_heads
     from .config import hidden_rounding, optional_api
 
     from .depth import block_stack_hints
+    from .sizes import raw_weight_sizes
 
     # heads; the layer stack (sequential calibration); the hidden width rounded to the head count
-    records: List[Union[AttentionLayout, StructureHint]] = list(attention_layouts(model)) + block_stack_hints(model)
+    records: List[Union[AttentionLayout, StructureHint, SizeAttribute]] = list(attention_layouts(model))
+    records.extend(block_stack_hints(model))
     records.extend(latent_heads(model))
     _warn_unplaced(model)
     records.extend(hidden_rounding(model))
+    records.extend(raw_weight_sizes(model))  # routers' and fused experts' sizes follow pruning
     head = optional_api(model, "get_output_embeddings")
     if head is not None:
         records.append(StructureHint(module=head, keep=True))
@@ -58,16 +62,6 @@ def _warn_unplaced(model: Any) -> None:
              f"{', ...' if len(biased) > 3 else ''}) are kept whole: their ALiBi slopes are computed in the "
              "model's forward from the head count alone, so the heads kept after pruning would get the slopes "
              "of other head positions and the model's function would change (head dims may still be pruned)")
-
-
-@hookimpl
-def fixup_after_prune(model: Any, modules: Dict[str, Any], graph: Any) -> None:
-    """Routers and fused experts hold raw weights: their size attributes follow the weights."""
-    if _is_transformers_model(model):
-        from .sizes import refresh_sizes
-
-        for module in modules.values():
-            refresh_sizes(module)
 
 
 @hookimpl

@@ -1,43 +1,33 @@
-"""Size attributes of modules that hold raw weights (routers, fused experts), kept in step with the weights.
+"""Size attributes of modules that hold raw weights (routers, fused experts), declared so they follow pruning.
 
-Layers with a handler (``nn.Linear``, ``Conv1D``...) refresh their own size
-attributes. A transformers module that holds raw parameters and reads a size
-attribute in its forward (a router's ``hidden_dim`` in
-``hidden_states.reshape(-1, self.hidden_dim)``) is fixed here: an int
-attribute equal to a dimension of its parameters before pruning takes that
-dimension's new size, when the old size maps to one new size only.
+Layers with a handler (``nn.Linear``, ``Conv1D``...) keep their own size attributes. A
+transformers module that holds raw parameters and sizes a shape with an int attribute (a
+router's ``hidden_dim`` in ``hidden_states.reshape(-1, self.hidden_dim)``) gets a
+:class:`~pruning_core.SizeAttribute` record for each int attribute equal to a dimension of its
+own parameters: the tracer then follows the attribute like ``x.shape[-1]``, and the core sets it
+after pruning. One the forward never sizes a shape with follows the weight dims of its size while they agree
+(a fused experts block's ``intermediate_dim``).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import List
 
 from torch import nn
 
-from pruning_core.graph.record import original_shape
+from pruning_core import SizeAttribute
 
 
-def _size_map(module: nn.Module) -> Dict[int, Optional[int]]:
-    """Old size -> new size over the module's own parameters (None where one old size became several)."""
-    mapping: Dict[int, Optional[int]] = {}
-    for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-        before = original_shape(module, name)
-        if before is None or len(before) != tensor.ndim:
+def raw_weight_sizes(model: nn.Module) -> List[SizeAttribute]:
+    """One record per module (outside ``torch.nn``) whose int attributes equal a dimension of its own weights."""
+    records = []
+    for module in model.modules():
+        if type(module).__module__.startswith("torch.nn"):
             continue
-        for old, new in zip(before, tensor.shape):
-            mapping[old] = new if mapping.get(old, new) == new else None
-    return mapping
-
-
-def refresh_sizes(module: nn.Module) -> None:
-    """Set the module's int attributes that named an old parameter size to the new size."""
-    if type(module).__module__.startswith("torch.nn") or not any(True for _ in module.parameters(recurse=False)):
-        return
-    mapping = {old: new for old, new in _size_map(module).items() if new is not None and new != old}
-    if not mapping:
-        return
-    for attr, value in list(vars(module).items()):
-        if attr.startswith("_") or isinstance(value, bool) or not isinstance(value, int):
-            continue
-        if value in mapping:
-            setattr(module, attr, mapping[value])
+        dims = {n for _, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+                for n in tensor.shape}
+        names = tuple(attr for attr, value in vars(module).items()
+                      if not attr.startswith("_") and type(value) is int and value > 1 and value in dims)
+        if names:
+            records.append(SizeAttribute(module, names))
+    return records

@@ -123,7 +123,7 @@ def block_sizes(module: nn.Module) -> Optional[SizeAttribute]:
     SHViT's ``split(x, [self.pdim, self.dim - self.pdim])``, SKNet's ``split(x, self.in_channels // paths)``,
     FasterNet's ``split(x, [self.dim_conv3, self.dim_untouched])``), lists of ints named like split sizes
     (InceptionNeXt's ``split_indexes``, CoaT's ``channel_splits``), and ``num_heads`` of attention as a count.
-    An attribute the forward never sizes a shape with is never bound, and so never changed.
+    An attribute the forward never sizes a shape with follows the module's own weights of its size, if any.
     """
     if isinstance(module, LAYERS):
         return None
