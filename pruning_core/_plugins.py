@@ -26,7 +26,6 @@ import dataclasses
 import functools
 import importlib
 import os
-import sys
 import threading
 from importlib import metadata
 from typing import Any, Callable, Dict, List, Optional, Tuple

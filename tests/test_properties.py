@@ -6,7 +6,6 @@ shrinks to the smallest model and the fewest channels that still fail.
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -11,7 +11,6 @@ import collections
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import torch
 from torch import nn
 
 from .. import _plugins

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-import torch
 from torch import nn
 
 from .._gc import without_gc

@@ -31,7 +31,7 @@ you (again at every step). Alone, record them like :class:`ActivationImportance`
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 import torch
 from torch import nn

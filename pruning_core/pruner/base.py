@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from ..graph.group import Group
 from ..graph.grouping import expand_ignored
 from ..graph.validate import bisect_failures
 from .options import PruningOptions, schedule
-from .planning import PlannedGroup, PruningWarning, group_for, plan_step, resolve_ratio
+from .planning import PlannedGroup, group_for, plan_step, resolve_ratio
 from . import sync
 from .structure import apply_structure
 

@@ -11,7 +11,6 @@ ratios straddles 1.0 the result says it cannot conclude.
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from typing import Any, Dict, List, Sequence, Tuple
 
