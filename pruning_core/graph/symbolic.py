@@ -266,10 +266,15 @@ def followed_attributes(recorder: "Recorder", model: nn.Module, handled: Dict[in
 def bind_to_weights(recorder: "Recorder") -> None:
     """Declared sizes the forward never shaped anything with follow the dims of their module's own weights
     of the same size (a fused experts block's ``intermediate_dim``), so they do not go stale after pruning."""
-    for binding in recorder.size_bindings:
-        if binding.unbound and not binding.count and binding.index is None:
-            binding.weights = tuple(slot.expr for slot in recorder.slots if slot.kind in ("param", "buffer")
-                                    and slot.target.owner is binding.module and slot.expr.size == binding.value)
+    waiting = [b for b in recorder.size_bindings if b.unbound and not b.count and b.index is None]
+    if not waiting:
+        return
+    weight_dims: Dict[int, List[Expr]] = {}
+    for slot in recorder.slots:
+        if slot.kind in ("param", "buffer"):
+            weight_dims.setdefault(id(slot.target.owner), []).append(slot.expr)
+    for binding in waiting:
+        binding.weights = tuple(e for e in weight_dims.get(id(binding.module), ()) if e.size == binding.value)
 
 
 def _traced(recorder: "Recorder", module: nn.Module, attr: str, value: Any, count: bool,
