@@ -447,6 +447,23 @@ def test_layers_pruned_by_their_parents_handler_are_not_reported_as_unreached():
     assert not [w for w in caught if "did not run" in str(w.message)]
 
 
+def test_a_layer_whose_parameter_has_one_channel_left_is_not_reported_as_unreached():
+    """A scale pruned down to one channel has no dim larger than 1 (so no slot), but it ran."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.scale, self.head = nn.Conv2d(3, 1, 3), nn.Module(), nn.Conv2d(1, 4, 1)
+            self.scale.weight = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return self.head(self.stem(x) * self.scale.weight.view(1, -1, 1, 1))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tp.DependencyGraph().build_dependency(Scaled(), torch.randn(1, 3, 8, 8))
+    assert not [w for w in caught if "did not run" in str(w.message)]
+
+
 class WithUnusedLinear(nn.Module):
     def __init__(self):
         super().__init__()

@@ -44,6 +44,8 @@ def in_training_mode(forward: Callable[[nn.Module, Any], Any]) -> Callable[[nn.M
 def not_reached(model: nn.Module, recorder: Any) -> List[str]:
     """Names of layers with parameters that the traced forward never ran (and no handler covered)."""
     used = {id(slot.target.owner) for slot in recorder.slots if slot.is_param}
+    # a parameter whose dims are all 1 (a scale left with one channel) has no slot, but was read
+    used |= {id(recorder.param_owner[t][1]) for t in recorder.param_slots if t in recorder.param_owner}
     ran = recorder.module_slots
     # A layer inside a handled layer that ran (MultiheadAttention.out_proj) is pruned by that layer's handler.
     covered = {inner_id for inner_id, owner in recorder.cover_owner.items() if id(owner) in ran}
