@@ -172,6 +172,46 @@ def test_multihead_attention_keeps_heads_whole(batch_first):
     assert run(model, x).shape == (2, 4, 3)
 
 
+class KeyValueWidths(nn.Module):
+    """MultiheadAttention whose key input is 8 wide like the embedding and whose value input is 4 wide."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(5, 8), nn.Linear(5, 8), nn.Linear(5, 4)
+        self.attn = nn.MultiheadAttention(8, 2, kdim=8, vdim=4, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(self.attn(self.q(x), self.k(x), self.v(x), need_weights=False)[0])
+
+
+def test_multihead_attention_prunes_a_key_input_as_wide_as_the_embedding_and_keeps_a_narrower_value():
+    attn = nn.MultiheadAttention(8, 2, kdim=8, vdim=4, batch_first=True)
+    tp.prune_multihead_attention_out_channels(attn, [0, 4])  # the low-level function: key columns go too
+    assert (attn.kdim, attn.vdim) == (6, 4) and attn.k_proj_weight.shape == (6, 6) and attn.v_proj_weight.shape == (6, 4)
+    assert attn(torch.randn(1, 3, 6), torch.randn(1, 3, 6), torch.randn(1, 3, 4))[0].shape == (1, 3, 6)
+    model, x = KeyValueWidths().eval(), torch.randn(2, 4, 5)
+    DG = tp.DependencyGraph().build_dependency(model, x, validate=False)  # the graph alone must be right
+    assert {type(g[0].dep.target.module).__name__ for g in DG.get_all_groups()} == {"Linear"}
+    roots = {g[0].dep.target.module for g in DG.get_all_groups()}
+    assert model.v not in roots  # the value input is read at vdim=4 whatever the embedding
+    # kdim == embed_dim ties the key input to the heads (no zeroing oracle: the head size sets the softmax scale)
+    group = DG.get_pruning_group(model.k, tp.prune_linear_out_channels, idxs=[1])
+    assert group.root_idxs == [1, 5]
+    group.prune()
+    assert (model.q.out_features, model.k.out_features, model.v.out_features, model.attn.kdim) == (6, 6, 4, 6)
+    assert run(model, x).shape == (2, 4, 3)
+
+
+def test_a_projected_lstm_keeps_its_input_channels():
+    """``proj_size`` LSTMs are not pruned, so the channels they read are kept (the graph alone must say so)."""
+    model = nn.Sequential(nn.Linear(5, 6), nn.LSTM(6, 8, batch_first=True, proj_size=4)).eval()
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(2, 4, 5), validate=False)
+    assert list(DG.get_all_groups()) == []
+    with pytest.raises(tp.GraphError, match="does not prune"):
+        DG.get_pruning_group(model[0], tp.prune_linear_out_channels, idxs=[1])
+
+
 @pytest.mark.parametrize("rnn", ["lstm", "gru", "lstm_bi_2layer"])
 def test_recurrent_hidden_units(rnn):
     class Net(nn.Module):

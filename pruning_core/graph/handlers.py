@@ -8,7 +8,7 @@ graph code never needs to know which concrete layer it is looking at.
 
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -121,6 +121,19 @@ def tensor_links(handler: Any, layer: Any, inputs: Sequence[torch.Tensor], outpu
         if dim is not None:
             outs.append(TensorLink(0, dim))
     return ins, outs
+
+
+def freeze_unlinked_inputs(space: Any, handler: Any, inputs: Sequence[torch.Tensor], in_links: Sequence[TensorLink],
+                           dims_of: Callable[[torch.Tensor], List[Any]], qualname: str) -> None:
+    """Inputs that a handler naming its links leaves out are read at fixed sizes (MultiheadAttention's key
+    when ``kdim`` differs from ``embed_dim``, a projected LSTM): their dims are frozen."""
+    if not declares_links(handler):
+        return
+    linked = {link.index for link in in_links}
+    for index, tensor in enumerate(inputs):
+        if index not in linked and tensor.is_floating_point():
+            for expr in dims_of(tensor):
+                space.freeze(expr, f"{qualname}: an input its handler does not prune")
 
 
 def likely_channel_dim(handler: Any, layer: Any, tensor: torch.Tensor, side: str) -> int:

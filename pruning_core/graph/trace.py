@@ -186,8 +186,7 @@ class Recorder:
             note = f"{owner[0]}.{owner[2]} is used outside the layer that owns it"
         else:
             note = "constant tensor created outside the traced forward"
-        dims = [self.space.frozen(size, note) for size in tensor.shape]
-        return self.set_dims(tensor, dims)
+        return self.set_dims(tensor, [self.space.frozen(size, note) for size in tensor.shape])
 
     def _maybe_unhandle(self, module: torch.nn.Module) -> None:
         """A handled layer whose weights are used directly (``F.linear(x, self.qkv.weight)``) before
@@ -358,8 +357,8 @@ class Recorder:
         qualname = self.module_names.get(id(module), type(module).__name__)
         in_serials = [self.serial_of(t) for t in inputs]
         in_slot, out_slot = self._slots_for(module, qualname, handler, inputs, outputs)
-        sizes = (in_slot.expr.size, out_slot.expr.size)
-        in_links, out_links = hv.tensor_links(handler, module, inputs, outputs, qualname, sizes)
+        in_links, out_links = hv.tensor_links(handler, module, inputs, outputs, qualname,
+                                              (in_slot.expr.size, out_slot.expr.size))
         space = self.space
         for link in in_links:
             slot = out_slot if link.side == "out" else in_slot
@@ -372,6 +371,7 @@ class Recorder:
                 space.freeze(dims[link.dim], note)
                 space.freeze(expr, note)
             slot.linked = True
+        hv.freeze_unlinked_inputs(space, handler, inputs, in_links, self.dims_of, qualname)
         reference = inputs[0] if inputs else None
         ref_dims = self.dims_of(reference) if reference is not None else []
         out_serials = []

@@ -66,8 +66,10 @@ class MultiheadAttentionPruner(CoupledPruningFunc):
         else:
             prune_tensor(layer, "q_proj_weight", 0, keep)
             prune_tensor(layer, "q_proj_weight", 1, keep)
-            prune_tensor(layer, "k_proj_weight", 0, keep)
-            prune_tensor(layer, "v_proj_weight", 0, keep)
+            for name, width in (("k_proj_weight", layer.kdim), ("v_proj_weight", layer.vdim)):
+                prune_tensor(layer, name, 0, keep)
+                if width == size:  # the key (value) input is then embed_dim wide and pruned with it
+                    prune_tensor(layer, name, 1, keep)
         prune_tensor(layer, "in_proj_bias", 0, keep3)
         prune_tensor(layer, "bias_k", 2, keep)
         prune_tensor(layer, "bias_v", 2, keep)
@@ -93,6 +95,8 @@ class MultiheadAttentionPruner(CoupledPruningFunc):
         else:
             params += param_list((layer.q_proj_weight, 0), (layer.q_proj_weight, 1), (layer.k_proj_weight, 0),
                                  (layer.v_proj_weight, 0))
+            params += param_list(*[(weight, 1) for weight, width in ((layer.k_proj_weight, layer.kdim),
+                                                                      (layer.v_proj_weight, layer.vdim)) if width == size])
         if layer.in_proj_bias is not None:
             params.append((layer.in_proj_bias, 0, stacked))
         params += param_list((layer.out_proj.weight, 0), (layer.out_proj.weight, 1), (layer.out_proj.bias, 0))
