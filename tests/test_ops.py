@@ -151,6 +151,34 @@ def test_a_constant_slice_on_group_boundaries_keeps_the_channels_it_counts(bound
     assert model.producer.out_channels == 8 and model(X).shape == (2, 4, 6, 6)
 
 
+class ConstantSplits(nn.Module):
+    """``split`` at constant sizes: equal halves (YOLOv8's ``split((self.c, self.c), 1)``) or a cut on the
+    boundary of two joined producers."""
+
+    def __init__(self, equal: bool):
+        super().__init__()
+        self.equal = equal
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4 if equal else 6, 1)
+        self.mix, self.consumer = nn.Conv2d(4, 4, 1), nn.Conv2d(8 if equal else 10, 2, 1)
+
+    def forward(self, x):
+        joined = torch.cat([self.a(x), self.b(x)], dim=1)
+        first, rest = joined.split((4, 4) if self.equal else [4, 6], dim=1)
+        return self.consumer(torch.cat([self.mix(first), rest], dim=1))
+
+
+@pytest.mark.parametrize("equal", [True, False])
+def test_a_split_at_constant_sizes_keeps_the_channels_it_counts(equal):
+    """Constant sizes count every part's channels, even where the parts are existing pieces (a cat's
+    producers, or equal halves); the graph alone (no trial pass) must keep them."""
+    model = ConstantSplits(equal)
+    DG = tp.DependencyGraph().build_dependency(model, X, validate=False)
+    for producer in (model.a, model.b):
+        with pytest.raises(tp.GraphError, match="constant"):
+            DG.get_pruning_group(producer, tp.prune_conv_out_channels, idxs=[1])
+    oracle_check(model, X, lambda DG, m: DG.get_pruning_group(m.mix, tp.prune_conv_out_channels, idxs=[1]))
+
+
 @pytest.mark.parametrize("cut", [8, 3])
 def test_an_empty_slice_joined_back_keeps_the_channels_prunable(cut):
     """Phi-3's partial rotary with rotary_dim == head_dim: ``x[:, n:]`` is empty, then concatenated back."""

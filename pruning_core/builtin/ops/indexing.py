@@ -71,7 +71,9 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
         if isinstance(call.arg("split_size"), int):  # torch.split(x, self.in_channels // self.num_paths)
             requested = [call.arg("split_size")]
         if isinstance(requested, (list, tuple)) and len(requested) in (1, len(sizes)):
-            call.follow_sizes(requested, [inner] * len(requested))  # declared sizes learn what they measure
+            followed = call.follow_sizes(requested, [inner] * len(requested))  # declared sizes learn what they measure
+            if len(requested) > 1 and not all(followed):  # split(x, (4, 4)): constants count each part's channels
+                space.mark(inner, STRUCTURED, f"split at constant sizes by {call.name}")
         return [inner] * len(sizes)
     first_new = len(space.atoms)
     offsets, acc = [], 0
@@ -82,10 +84,13 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
     followed: Set[int] = set()
     last = len(space.atoms)  # following may create the slots of a layer that has not run yet
     if isinstance(requested, (list, tuple)) and len(requested) == len(pieces):
-        # torch.split(x, [self.dim_conv, self.dim_untouched]): followed sizes are not written in code.
+        # torch.split(x, [self.dim_conv, self.dim_untouched]): followed sizes are not written in code; a
+        # constant size counts its part's channels, even where the part is made of existing pieces (a cat's)
         for piece, traced in zip(pieces, call.follow_sizes(requested, pieces)):
             if traced:
                 followed.update(id(a) for a in leaves(piece))
+            else:
+                space.mark(piece, STRUCTURED, f"split at constant offsets by {call.name}")
     _mark_new(call, first_new, f"split at constant offsets by {call.name}", followed, last)
     return pieces
 
