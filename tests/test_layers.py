@@ -310,3 +310,16 @@ def test_functional_conv_pruning_of_a_depthwise_conv_keeps_groups_in_step(fn):
     fn(conv, [1, 3, 5, 7])
     assert (conv.in_channels, conv.out_channels, conv.groups) == (4, 4, 4)
     torch.testing.assert_close(conv(x[:, [0, 2, 4, 6]]), expected)
+
+
+def test_soft_prune_refuses_a_weight_computed_by_a_parametrization_and_changes_nothing():
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 6, 3)), nn.ReLU(), nn.Conv2d(6, 4, 1))
+    x = torch.randn(1, 3, 8, 8)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    group = DG.get_pruning_group(model[0], tp.prune_conv_out_channels, idxs=[1, 4])
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with pytest.raises(tp.UnsupportedModelError, match="weight_norm"):
+        group.soft_prune()
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    group.prune()  # removing the channels goes through the parametrization and works
+    assert model[0].weight.shape == (4, 3, 3, 3) and model(x).shape == (1, 4, 6, 6)

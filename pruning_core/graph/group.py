@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optiona
 
 import torch
 
-from ..errors import GraphError, InvalidIndicesError
+from ..errors import GraphError, InvalidIndicesError, UnsupportedModelError
 from .dims import Atom
 from .slots import Slot
 
@@ -210,9 +210,19 @@ class Group:
 
         selections = self.selections if idxs is None else \
             self.index.selections_for(self.root_slot, idxs, explicit=True)
+        work = []
         for serial, positions in self.index.positions_for(selections).items():
-            for tensor, dim, to_channels in slot_params(self.index.slot(serial)):
-                zero_positions(tensor, dim, to_channels, positions)
+            slot = self.index.slot(serial)
+            stored = {id(t) for t in list(slot.target.owner.parameters()) + list(slot.target.owner.buffers())}
+            for tensor, dim, to_channels in slot_params(slot):
+                if id(tensor) not in stored:  # checked before anything is zeroed: all or nothing
+                    raise UnsupportedModelError(
+                        f"soft_prune cannot zero channels of {slot.describe()}: its weight is computed on each access "
+                        "(a parametrization such as weight_norm), so zeroing it would change nothing. Remove the "
+                        "parametrization first (torch.nn.utils.parametrize.remove_parametrizations), or prune().")
+                work.append((tensor, dim, to_channels, positions))
+        for tensor, dim, to_channels, positions in work:
+            zero_positions(tensor, dim, to_channels, positions)
 
     def __str__(self) -> str:
         lines = ["-" * 32, "          Pruning Group", "-" * 32]
