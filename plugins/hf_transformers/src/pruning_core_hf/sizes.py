@@ -24,8 +24,8 @@ def raw_weight_sizes(model: nn.Module) -> List[SizeAttribute]:
     for module in model.modules():
         if type(module).__module__.startswith("torch.nn"):
             continue
-        dims = {n for _, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
-                for n in tensor.shape}
+        weights = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+        dims = {n for tensor in weights for n in tensor.shape}
         names = tuple(attr for attr, value in vars(module).items()
                       if not attr.startswith("_") and type(value) is int and value > 1 and value in dims)
         if names:
