@@ -265,3 +265,28 @@ def test_a_record_from_before_pruned_attrs_still_saves_changed_attributes(tmp_pa
     assert record["conv1"]["attrs"]["out_channels"] == model.conv1.out_channels
     loaded = tp.load_pruned(_fresh("resnet18"), str(tmp_path / "saved"))
     torch.testing.assert_close(run(loaded, x), expected, rtol=0, atol=0)
+
+
+class ShiftedLinear(torch.nn.Module):
+    """A non-persistent buffer read in the forward (Swin V2's zero ``k_bias``): no weights file holds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+        self.register_buffer("shift", torch.arange(8.0), persistent=False)
+
+    def forward(self, x):
+        return self.out(self.inp(x) + self.shift)
+
+
+def test_a_non_persistent_buffer_comes_back_with_the_kept_channels(tmp_path):
+    torch.manual_seed(0)
+    model, x = ShiftedLinear().eval(), torch.randn(2, 4)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    DG.get_pruning_group(model.inp, tp.prune_linear_out_channels, idxs=[1, 5]).prune()
+    assert model.shift.tolist() == [0, 2, 3, 4, 6, 7]
+    tp.save_pruned(model, str(tmp_path / "saved"))
+    fresh = ShiftedLinear().eval()
+    tp.load_pruned(fresh, str(tmp_path / "saved"))
+    assert torch.equal(fresh.shift, model.shift)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)

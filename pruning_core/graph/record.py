@@ -13,7 +13,7 @@ Plugins read a module's state before pruning with :func:`original_attr` and
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -163,3 +163,18 @@ def added_tensors(module: nn.Module) -> List[str]:
 def was_pruned(module: nn.Module) -> bool:
     """Whether pruning has changed this module (its tensors or attributes)."""
     return changes(module) is not None
+
+
+def kept_part(tensor: torch.Tensor, key: str, shape: Sequence[int], entry: Dict[str, Any]) -> Optional[torch.Tensor]:
+    """The channels of a fresh tensor that a saved record kept, or None when ``entry`` (a module's record:
+    ``removed`` and ``sizes`` per ``"{key}:{dim}"``) does not say which along every dim it resized.
+
+    For non-persistent buffers, which no weights file holds (Swin V2's zero ``k_bias``).
+    """
+    part = tensor
+    for dim in range(tensor.ndim):
+        gone, size = entry["removed"].get(f"{key}:{dim}"), entry.get("sizes", {}).get(f"{key}:{dim}")
+        if gone and size == tensor.shape[dim]:
+            lost = set(gone)
+            part = part.index_select(dim, torch.tensor([i for i in range(size) if i not in lost], device=part.device))
+    return part.clone() if tuple(part.shape) == tuple(shape) else None

@@ -2,16 +2,14 @@
 
 Two forms, both rebuilt on a freshly constructed *unpruned* model:
 
-* ``tp.state_dict(model)`` / ``tp.load_state_dict(model, sd)``: one dict of
-  tensors and plain data, for ``torch.save`` and ``torch.load(weights_only=True)``.
-* ``tp.save_pruned(model, directory)`` / ``tp.load_pruned(model, directory)``:
-  weights in ``weights.safetensors`` and the structure in ``pruning.json``
-  (new shapes, changed attributes, which channels each module lost).
+* ``tp.state_dict(model)`` / ``tp.load_state_dict(model, sd)``: one dict of tensors and plain data,
+  for ``torch.save`` and ``torch.load(weights_only=True)``.
+* ``tp.save_pruned(model, directory)`` / ``tp.load_pruned(model, directory)``: weights in
+  ``weights.safetensors``, the structure (new shapes, changed attributes, lost channels) in ``pruning.json``.
 
-Loading checks the record against the model, resizes the recorded tensors, sets the
-recorded attributes and loads the weights strictly. Anything wrong (a truncated file,
-an edited record, another model) raises :class:`pruning_core.SerializationError`
-naming the problem, and the model is left as it was.
+Loading checks the record against the model, resizes the recorded tensors, sets the recorded attributes
+and loads the weights strictly. Anything wrong (a truncated file, an edited record, another model)
+raises :class:`pruning_core.SerializationError` naming the problem, and the model is left as it was.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from .._version import __version__
 from ..errors import ConfigurationError, SerializationError
 from ..graph.transaction import ModuleSnapshot
 from ..records import class_key
-from ..graph.record import adopt_record, changes, ensure_record, is_plain
+from ..graph.record import adopt_record, changes, ensure_record, is_plain, kept_part
 from .attributes import attribute_selector, raw_bytes, write_safetensors
 
 FORMAT = "pruning_core.pruned/1"
@@ -213,7 +211,9 @@ def rebuild_structure(model: nn.Module, structure: Dict[str, Any]) -> None:
                 raise SerializationError(f"the record resizes {name}.{tname}, which this model does not have")
             if id(current) not in replaced:
                 originals.append(current)
-                fresh = torch.empty(shape, dtype=current.dtype, device=current.device)
+                unsaved = tname in module._non_persistent_buffers_set  # in no weights file: keep its kept channels
+                fresh = kept_part(current, f"param:{tname}", shape, entry) if unsaved else None
+                fresh = torch.empty(shape, dtype=current.dtype, device=current.device) if fresh is None else fresh
                 replaced[id(current)] = (nn.Parameter(fresh, requires_grad=current.requires_grad)
                                          if isinstance(current, nn.Parameter) else fresh)
             store[tname] = replaced[id(current)]
