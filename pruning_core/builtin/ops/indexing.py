@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Set
+from typing import List, Optional
 
 import torch
 
-from ...graph.dims import (FROZEN, ONE, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, current_size, leaves,
+from ...graph.dims import (FROZEN, ONE, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, current_size,
                            resolve)
 from ...graph.rules import broadcast_into, norm_dim
 from ...graph.trace import OpCall
@@ -14,12 +14,10 @@ from ...hookspecs import hookimpl
 from . import specs
 
 
-def _mark_new(call: OpCall, first_new: int, note: str, followed: Set[int] = frozenset(),
-              last: Optional[int] = None) -> None:
-    """Atoms created by cutting a dimension at constant offsets are sized in code (unless ``followed``:
-    ids of atoms whose sizes Python read from a traced shape or a followed size attribute)."""
-    for atom in call.space.atoms[first_new:last]:
-        if atom.parent is None and atom.definition is None and id(atom) not in followed:
+def _mark_new(call: OpCall, first_new: int, note: str) -> None:
+    """Atoms created by cutting a dimension at constant offsets are sized in code."""
+    for atom in call.space.atoms[first_new:]:
+        if atom.parent is None and atom.definition is None:
             atom.flags |= STRUCTURED
             if not atom.notes:
                 atom.notes.append(note)
@@ -58,8 +56,8 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
     """Expressions of consecutive parts of ``source`` along ``dim``.
 
     Equal parts (``chunk``) share one inner space: ``Prod(parts, inner)``, so
-    pruning keeps them equal, as ``chunk`` needs. Unequal parts are cut at
-    constant offsets and their new pieces are STRUCTURED.
+    pruning keeps them equal, as ``chunk`` needs (constant equal sizes keep them). Unequal parts are
+    cut at their offsets; each part whose size is a constant is STRUCTURED.
     """
     expr = call.dims(source)[dim]
     space = call.space
@@ -75,23 +73,18 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
             if len(requested) > 1 and not all(followed):  # split(x, (4, 4)): constants count each part's channels
                 space.mark(inner, STRUCTURED, f"split at constant sizes by {call.name}")
         return [inner] * len(sizes)
-    first_new = len(space.atoms)
     offsets, acc = [], 0
     for size in sizes[:-1]:
         acc += size
         offsets.append(acc)
     pieces = space.cut(expr, offsets)
-    followed: Set[int] = set()
-    last = len(space.atoms)  # following may create the slots of a layer that has not run yet
-    if isinstance(requested, (list, tuple)) and len(requested) == len(pieces):
-        # torch.split(x, [self.dim_conv, self.dim_untouched]): followed sizes are not written in code; a
-        # constant size counts its part's channels, even where the part is made of existing pieces (a cat's)
-        for piece, traced in zip(pieces, call.follow_sizes(requested, pieces)):
-            if traced:
-                followed.update(id(a) for a in leaves(piece))
-            else:
-                space.mark(piece, STRUCTURED, f"split at constant offsets by {call.name}")
-    _mark_new(call, first_new, f"split at constant offsets by {call.name}", followed, last)
+    # torch.split(x, [self.dim_conv, self.dim_untouched]): followed sizes are not written in code; a
+    # constant size counts its part's channels, even where the part is made of existing pieces (a cat's)
+    followed = call.follow_sizes(requested, pieces) if isinstance(requested, (list, tuple)) and \
+        len(requested) == len(pieces) else [False] * len(pieces)
+    for piece, traced in zip(pieces, followed):
+        if not traced:
+            space.mark(piece, STRUCTURED, f"split at constant offsets by {call.name}")
     return pieces
 
 
