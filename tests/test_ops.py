@@ -116,7 +116,8 @@ def test_view_inferred_size_follows_pruning_of_its_dim():
 
 
 def test_view_split_is_structured_until_a_hint_unlocks_it():
-    op = Lambda(lambda x: sum(x.unflatten(1, (2, -1)).unbind(1)))  # the view gets the sizes unflatten computed
+    # int() makes a plain number of a measured size: written in code, as far as the tracer can tell
+    op = Lambda(lambda x: sum(x.unflatten(1, (2, int(x.shape[1] // 2))).unbind(1)))
     model = OpNet(op, consumer_in=4)
     DG = tp.DependencyGraph().build_dependency(model, X)
     with pytest.raises(tp.GraphError, match="size written in code"):
@@ -177,6 +178,21 @@ def test_a_split_at_constant_sizes_keeps_the_channels_it_counts(equal):
         with pytest.raises(tp.GraphError, match="constant"):
             DG.get_pruning_group(producer, tp.prune_conv_out_channels, idxs=[1])
     oracle_check(model, X, lambda DG, m: DG.get_pruning_group(m.mix, tp.prune_conv_out_channels, idxs=[1]))
+
+
+@pytest.mark.parametrize("written", [True, False])
+def test_a_split_at_one_constant_size_is_kept_where_chunk_is_pruned(written):
+    """``split(x, 4)`` counts 4 channels per part; ``chunk(2)`` reaches aten as the same split, but its
+    size follows the channels. The graph alone (no trial pass) must tell them apart."""
+    halves = (lambda x: torch.split(x, 4, dim=1)) if written else (lambda x: x.chunk(2, dim=1))
+    model = OpNet(Lambda(lambda x: torch.maximum(*halves(x))), consumer_in=4)
+    DG = tp.DependencyGraph().build_dependency(model, X, validate=False)
+    if written:
+        with pytest.raises(tp.GraphError, match="split at constant sizes"):
+            DG.get_pruning_group(model.producer, tp.prune_conv_out_channels, idxs=[1])
+        assert list(DG.get_all_groups()) == []
+    else:
+        assert oracle_check(model, X, producer_group([1])).root_idxs == [1, 5]
 
 
 @pytest.mark.parametrize("cut", [8, 3])

@@ -552,3 +552,53 @@ def test_a_channel_shuffle_sized_from_its_input_stays_a_shuffle():
     tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
     assert (model.stem.out_channels, model.branch.out_channels, model.branch2.out_channels) == (8, 4, 4)
     trains(model, x)
+
+
+class Maxout(nn.Module):
+    """Channels taken in pairs and reduced to their maximum, with the pair count left to ``-1``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv = nn.Conv2d(8, 6, 1)
+        self.unflatten = nn.Unflatten(1, (-1, 2))
+
+    def forward(self, x):
+        y = self.stem(x)
+        if self.how == "method":
+            y = y.unflatten(1, (-1, 2))
+        elif self.how == "function":
+            y = torch.unflatten(y, -3, [-1, 2])
+        elif self.how == "module":
+            y = self.unflatten(y)
+        else:
+            y = y.view(y.shape[0], -1, 2, *y.shape[2:])
+        return self.conv(y.amax(2))
+
+
+@pytest.mark.parametrize("how", ["method", "function", "module", "view"])
+def test_an_unflatten_with_an_inferred_size_follows_pruning_as_the_same_view_does(how):
+    # aten sees unflatten's sizes with the -1 already worked out; a -1 follows pruning in a view.
+    model, x = Maxout(how).eval(), torch.randn(2, 3, 5, 5)
+    group = oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.stem, tp.prune_conv_out_channels, [4]))
+    assert [sorted(idxs) for dep, idxs in group] == [[4, 5], [2]]  # a whole pair, and the input it feeds
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.stem.out_channels, model.conv.in_channels) == (8, 4)
+    trains(model, x)
+
+
+def test_an_unflatten_at_constant_sizes_stays_as_written():
+    class Pairs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.conv = nn.Conv2d(8, 6, 1)
+
+        def forward(self, x):
+            return self.conv(self.stem(x).unflatten(1, (8, 2)).amax(2))
+
+    model, x = Pairs().eval(), torch.randn(2, 3, 5, 5)
+    DG = tp.DependencyGraph().build_dependency(model, x)
+    assert not list(DG.get_all_groups())
+    assert any("size written in code" in note for note in DG.frozen_reasons()["stem [out]"])

@@ -126,5 +126,15 @@ class OpCall:
             traced.append(source is not None)
         return traced
 
+    def written_sizes(self, sizes: Sequence[int]) -> List[bool]:
+        """Whether the model's Python code passed each of ``sizes`` as a plain number (``split(x, 8)``).
+
+        False for sizes read from shapes and for sizes aten worked out itself (``chunk`` reaches the
+        rules as a split at a computed size).
+        """
+        from .symbolic import written_sizes
+
+        return written_sizes(self.recorder, sizes)
+
     def structure(self, expr: Expr, note: Optional[str] = None) -> None:
         self.recorder.space.mark(expr, STRUCTURED, note or f"sized in code at {self.name}")

@@ -33,9 +33,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .trace import Recorder
 
 
-_TENSOR_SIZING = ("view", "reshape", "expand", "split", "split_with_sizes", "unflatten", "new_zeros", "new_ones",
+_TENSOR_SIZING = ("view", "reshape", "expand", "split", "split_with_sizes", "new_zeros", "new_ones",
                   "new_empty", "new_full", "__getitem__")
-_TORCH_SIZING = ("reshape", "split", "unflatten", "zeros", "ones", "empty", "full")
+_TORCH_SIZING = ("reshape", "split", "zeros", "ones", "empty", "full")
+# calls whose plain numbers are told apart from sizes aten worked out (``chunk`` reaches aten as a split)
+_WRITTEN_SIZES_MATTER = ("split",)
 
 
 class SizeTracker:
@@ -85,7 +87,9 @@ class SizeTracker:
             for name in names:
                 original = getattr(owner, name, None)
                 if callable(original):
-                    self._patch(owner, name, self._sizing(original))
+                    self._patch(owner, name, self._sizing(original, always=name in _WRITTEN_SIZES_MATTER))
+        for owner in (torch.Tensor, torch):
+            self._patch(owner, "unflatten", self._unflatten(owner.unflatten))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -100,14 +104,14 @@ class SizeTracker:
         self._saved.append((owner, name, owner.__dict__.get(name, _ABSENT)))
         setattr(owner, name, value)
 
-    def _sizing(self, func: Any) -> Any:
+    def _sizing(self, func: Any, always: bool = False) -> Any:
         tracker = self
 
         def call(*args: Any, **kwargs: Any) -> Any:
             if tracker._quiet():
                 return func(*args, **kwargs)
             ints = _ints_in(args, kwargs)
-            if not any(isinstance(i, TracedSize) for i in ints):
+            if not always and not any(isinstance(i, TracedSize) for i in ints):
                 return func(*args, **kwargs)
             recorder = tracker.recorder
             hints = [(int(i), i.source if isinstance(i, TracedSize) and i.source.recorder is recorder else None)
@@ -117,6 +121,28 @@ class SizeTracker:
                 return func(*args, **kwargs)
             finally:
                 recorder.size_hints.pop()
+
+        return call
+
+    def _unflatten(self, func: Any) -> Any:
+        """``x.unflatten(d, (h, -1))`` as the ``view`` it is, with ``x``'s other dims as measured.
+
+        The aten operator only sees the sizes after ``-1`` was worked out, so without this a ``-1``
+        looked like a size written in code, where in a ``view`` it follows pruning.
+        """
+        tracker = self
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            named = dict(zip(("input", "dim", "sizes"), args), **kwargs)
+            tensor, dim, sizes = named.get("input", named.get("self")), named.get("dim"), named.get("sizes")
+            if len(named) != 3 or tracker._quiet() or not isinstance(tensor, torch.Tensor) \
+                    or not isinstance(dim, int) or not isinstance(sizes, (list, tuple)) \
+                    or not all(isinstance(size, int) for size in sizes) \
+                    or tracker.recorder.known_serial(tensor) is None or not -tensor.ndim <= dim < tensor.ndim:
+                return func(*args, **kwargs)  # named dims, an untraced tensor: as it was
+            shape = tensor.shape  # the patched property: measured sizes
+            dim %= tensor.ndim
+            return tensor.view(*shape[:dim], *sizes, *shape[dim + 1:])
 
         return call
 
@@ -151,15 +177,35 @@ def aligned_sources(recorder: "Recorder", sizes: Sequence[int]) -> List[Optional
 
     The sizes are matched in order against the ints the enclosing Python call received.
     """
-    if not recorder.size_hints:
+    window = _window(recorder, sizes)
+    if window is None:
         return [None] * len(sizes)
+    return [source if int(w) != -1 else None for w, (_, source) in zip(sizes, window)]
+
+
+def written_sizes(recorder: "Recorder", sizes: Sequence[int]) -> List[bool]:
+    """For each of ``sizes``, whether the enclosing Python call was given it as a plain number.
+
+    False where Python read it from a shape, where it is ``-1``, and where no Python call
+    that records its sizes is under way (aten worked the size out: ``chunk``).
+    """
+    window = _window(recorder, sizes)
+    if window is None:
+        return [False] * len(sizes)
+    return [source is None and h != -1 for h, source in window]
+
+
+def _window(recorder: "Recorder", sizes: Sequence[int]) -> Optional[List[Tuple[int, Any]]]:
+    """The run of the enclosing Python call's ints that matches ``sizes`` in order (``-1`` matches any)."""
+    if not recorder.size_hints:
+        return None
     hints = recorder.size_hints[-1]
     wanted = [int(s) for s in sizes]
     for start in range(len(hints) - len(wanted) + 1):
         window = hints[start:start + len(wanted)]
         if all(w == h or -1 in (w, h) for w, (h, _) in zip(wanted, window)):  # -1: inferred, not traced
-            return [source if w != -1 else None for w, (_, source) in zip(wanted, window)]
-    return [None] * len(sizes)
+            return window
+    return None
 
 
 def follow(recorder: "Recorder", sizes: Sequence[int], produced: Sequence[Expr]) -> List[bool]:

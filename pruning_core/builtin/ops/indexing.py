@@ -70,7 +70,9 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
             requested = [call.arg("split_size")]
         if isinstance(requested, (list, tuple)) and len(requested) in (1, len(sizes)):
             followed = call.follow_sizes(requested, [inner] * len(requested))  # declared sizes learn what they measure
-            if len(requested) > 1 and not all(followed):  # split(x, (4, 4)): constants count each part's channels
+            # split(x, (4, 4)) or split(x, 4): constants count each part's channels (chunk's computed size does not)
+            written = len(requested) > 1 or call.written_sizes(requested)[0]
+            if written and not all(followed):
                 space.mark(inner, STRUCTURED, f"split at constant sizes by {call.name}")
         return [inner] * len(sizes)
     offsets, acc = [], 0
