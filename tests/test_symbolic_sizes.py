@@ -602,3 +602,49 @@ def test_an_unflatten_at_constant_sizes_stays_as_written():
     DG = tp.DependencyGraph().build_dependency(model, x)
     assert not list(DG.get_all_groups())
     assert any("size written in code" in note for note in DG.frozen_reasons()["stem [out]"])
+
+
+class HandWrittenLayerNorm(nn.Module):
+    """The LayerNorm of ConvNeXt's reference code: ``F.layer_norm`` with a ``normalized_shape`` tuple it keeps."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(dim) + 0.5)
+        self.bias = nn.Parameter(torch.randn(dim))
+        self.normalized_shape = (dim,)
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, 1e-6)
+
+
+class ChannelsLastBlock(nn.Module):
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 3, padding=1)
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm = HandWrittenLayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        x = x + self.fc2(F.gelu(self.fc1(y))).permute(0, 3, 1, 2)
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_hand_written_layer_norm_prunes_with_its_channels_and_keeps_its_shape_attribute_in_step(tmp_path):
+    # aten sees normalized_shape as plain numbers; the module keeps them, so they are written back.
+    model, x = ChannelsLastBlock().eval(), torch.randn(2, 3, 6, 6)
+    DG = tp.DependencyGraph().build_dependency(model, x, validate=False)
+    group = DG.get_pruning_group(model.stem, tp.prune_conv_out_channels, idxs=[2, 7])
+    assert any(dep.target.owner is model.norm for dep, _ in group)
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.stem.out_channels, model.norm.weight.shape, model.norm.normalized_shape) == \
+        (8, torch.Size([8]), (8,))
+    trains(model.eval(), x)
+    tp.save_pruned(model.eval(), tmp_path / "m.pt")
+    loaded = tp.load_pruned(ChannelsLastBlock().eval(), tmp_path / "m.pt")
+    assert loaded.norm.normalized_shape == (8,)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

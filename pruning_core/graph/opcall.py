@@ -136,5 +136,12 @@ class OpCall:
 
         return written_sizes(self.recorder, sizes)
 
+    def bind_stored_sizes(self, weight: Any, sizes: Sequence[int], exprs: Sequence[Expr]) -> None:
+        """Sizes the model's code keeps as a list attribute of ``weight``'s module (a hand-written
+        LayerNorm's ``normalized_shape``) are written back after pruning: ``sizes[i]`` measures ``exprs[i]``."""
+        from .symbolic import bind_stored_sizes
+
+        bind_stored_sizes(self.recorder, weight, sizes, exprs)
+
     def structure(self, expr: Expr, note: Optional[str] = None) -> None:
         self.recorder.space.mark(expr, STRUCTURED, note or f"sized in code at {self.name}")

@@ -323,6 +323,30 @@ def bind_to_weights(recorder: "Recorder") -> None:
         binding.weights = tuple(e for e in weight_dims.get(id(binding.module), ()) if e.size == binding.value)
 
 
+def bind_stored_sizes(recorder: "Recorder", weight: Any, sizes: Sequence[int], exprs: Sequence[Expr]) -> None:
+    """A list or tuple attribute of ``weight``'s module that holds exactly ``sizes`` measures ``exprs``.
+
+    ``F.layer_norm(x, self.normalized_shape, self.weight, self.bias)`` in a LayerNorm written by
+    hand: aten sees plain numbers, but the module keeps them, so the core writes them back after
+    pruning as it does for a declared :class:`pruning_core.SizeAttribute`.
+    """
+    entry = recorder.param_owner.get(id(weight)) if isinstance(weight, torch.Tensor) else None
+    if entry is None:
+        return
+    module, wanted = entry[1], [int(size) for size in sizes]
+    for attr, value in vars(module).items():
+        if attr.startswith("_") or not isinstance(value, (list, tuple)) or len(value) != len(wanted) \
+                or not all(type(v) in (int, TracedSize) for v in value) or [int(v) for v in value] != wanted:
+            continue
+        if any(b.module is module and b.attribute == attr for b in recorder.size_bindings):
+            continue  # declared by a plugin, or bound on an earlier call
+        for index, (size, expr) in enumerate(zip(wanted, exprs)):
+            if size > 1:
+                binding = SizeBinding(recorder, module, attr, size, index=index)
+                binding.bind(resolve(expr))
+                recorder.size_bindings.append(binding)
+
+
 def _traced(recorder: "Recorder", module: nn.Module, attr: str, value: Any, count: bool,
             index: Optional[int]) -> Any:
     """A declared size as a :class:`TracedSize` bound to a new :class:`SizeBinding` (sizes below 2 stay as they are)."""

@@ -90,13 +90,15 @@ def batch_norm(call: OpCall) -> None:
 
 def layer_norm(call: OpCall) -> None:
     x = call.arg("input")
-    k = len(call.arg("normalized_shape"))
+    shape = call.arg("normalized_shape")
+    k = len(shape)
     dx = call.dims(x)
     for name in ("weight", "bias"):
         t = call.arg(name)
         if isinstance(t, torch.Tensor):
             for a, b in zip(dx[-k:], call.dims(t)):
                 call.unify(a, b)
+            call.bind_stored_sizes(t, shape, dx[-k:])  # F.layer_norm(x, self.normalized_shape, self.weight)
     for index, out in enumerate(call.outputs):
         if index == 0:
             call.set(out, dx)
