@@ -1,9 +1,8 @@
 """The plugin manager: built-ins first, entry points on first need, failures isolated.
 
-Nothing here runs at ``import pruning_core``. The first lookup (a handler, a
-criterion, ``pruning-core plugins``) builds the manager once: it registers the
-built-in plugin modules, then loads each entry point of the group
-``pruning_core`` on its own, recording rather than propagating failures.
+Nothing here runs at ``import pruning_core``. The first lookup (a handler, a criterion, ``pruning-core
+plugins``) builds the manager once: it registers the built-in plugin modules, then loads each entry point
+of the group ``pruning_core`` on its own, recording rather than propagating failures.
 
 Environment switches:
 
@@ -11,13 +10,12 @@ Environment switches:
   ``none`` for no external plugin (built-ins always load). Unset means all.
 * ``PRUNING_CORE_DISABLE_PLUGINS``: comma-separated entry-point names to skip.
 * ``PRUNING_CORE_STRICT_PLUGINS=1``: a plugin that fails to load raises.
-* ``PRUNING_CORE_TRACE_PLUGINS=1``: log every hook call (its arguments, the
-  plugins that implement it, what it returned) to stderr, one line each.
+* ``PRUNING_CORE_TRACE_PLUGINS=1``: log every hook call (its arguments, the plugins that implement it,
+  what it returned) to stderr, one line each.
 
-Every hook is called through ``pm.hook.<name>(...)``, so pluggy's argument
-filtering, tracing and call monitoring see every call. Each plugin is
-registered as a proxy whose hook implementations are wrapped once: failure
-isolation and provider stamping happen there and nowhere else.
+Every hook is called through ``pm.hook.<name>(...)``, so pluggy's argument filtering, tracing and call
+monitoring see every call. Each plugin is registered as a proxy whose hook implementations are wrapped
+once: failure isolation and provider stamping happen there and nowhere else.
 """
 
 from __future__ import annotations
@@ -73,6 +71,7 @@ BUILTIN_PLUGINS: Tuple[str, ...] = (
     "pruning_core.builtin.ops.reductions",
     "pruning_core.builtin.ops.factory",
     "pruning_core.builtin.known_frameworks",
+    "pruning_core.builtin.einops_support",
     "pruning_core.builtin.torchvision_fixups",
     "pruning_core.builtin.model_sources",
     "pruning_core.builtin.attention_fixup",
@@ -365,10 +364,13 @@ class PluginHub:
     def missing_handler_hint(self, module: Any) -> Optional[str]:
         return self.pm.hook.resolve_missing_handler_hint(module=module)
 
+    def tracing_contexts(self, model: Any) -> List[Any]:
+        """What the plugins want entered around each traced forward of ``model`` (see ``tracing_context``)."""
+        return [context for context in self.pm.hook.tracing_context(model=model) if context is not None]
+
     def conflicts(self) -> List[str]:
         """Every conflict between plugins, as readable lines."""
-        registries = (self.handlers(), self.op_rules(), self.importance_criteria(), self.pruners(),
-                      self._schemes(), self.state_codecs())
+        registries = (self.handlers(), self.op_rules(), self.importance_criteria(), self.pruners(), self._schemes(), self.state_codecs())
         return [line for registry in registries for line in registry.conflict_lines()]
 
 

@@ -177,6 +177,23 @@ def after_step(model: Any, graph: Any) -> None:
     """
 
 
+@hookspec
+def tracing_context(model: Any) -> Any:
+    """Return a context manager to enter around each forward pass the tracer runs, or ``None``.
+
+    For state that must differ while pruning_core traces ``model``. While tracing, the sizes
+    a forward reads from tensor shapes are ints that remember the dimension they measure; a
+    library that caches what it computes from shapes must not hand such an int to a later
+    call, where it would tie two unrelated layers together (the built-in einops support turns
+    einops' shape cache off). Called once per traced forward (a graph may trace more than
+    once); the contexts are entered after the tracer's own patches and exited first.
+
+    :param model: the module being traced.
+
+    Added in 0.2.
+    """
+
+
 @hookspec(firstresult=True)
 def resolve_missing_handler_hint(module: Any) -> Optional[str]:
     """Return advice for a module class nobody handles, or ``None`` to pass.

@@ -42,7 +42,7 @@ def test_the_spec_list_is_complete():
     assert set(hookspec_functions()) == {
         "register_layer_handlers", "register_op_rules", "register_importance_criteria", "register_pruners",
         "register_model_schemes", "register_state_codecs", "collect_structure_hints", "fixup_after_prune",
-        "after_step", "resolve_missing_handler_hint"}
+        "after_step", "tracing_context", "resolve_missing_handler_hint"}
     assert set(_plugins.RECORD_TYPES) == {n for n in hookspec_functions() if n.startswith(("register_", "collect_"))}
 
 

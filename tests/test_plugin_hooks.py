@@ -254,3 +254,32 @@ def test_a_round_to_hint_keeps_the_nearest_multiple(hub, ratio, kept):
         tp.StructureHint(module=model[0], round_to=4)]), "rounds")
     tp.pruner.BasePruner(model, torch.randn(2, 6), pruning_ratio=ratio, ignored_layers=[model[2]]).step()
     assert model[0].out_features == kept  # 16 * 0.7 = 11.2 -> 12; 16 * 0.8 = 12.8 -> 12; 16 * 0.55 = 8.8 -> 8
+
+
+def test_tracing_contexts_are_entered_around_every_traced_forward_and_exited(hub):
+    seen = []
+
+    class Watch:
+        def __enter__(self):
+            seen.append("enter")
+
+        def __exit__(self, *exc):
+            seen.append("exit")
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            seen.append("forward")
+            return self.b(self.a(x))
+
+    hub.register(make_plugin("watch", tracing_context=lambda model: Watch() if isinstance(model, Net) else None),
+                 "watch")
+    model = Net()
+    tp.DependencyGraph().build_dependency(model, torch.randn(2, 4))
+    assert seen[:3] == ["enter", "forward", "exit"] and seen.count("enter") == seen.count("exit") >= 1
+    seen.clear()
+    model(torch.randn(2, 4))  # outside tracing nothing is entered
+    assert seen == ["forward"]

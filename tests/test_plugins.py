@@ -197,7 +197,7 @@ def test_misnamed_hooks_and_bad_records_are_plugin_errors(fake_entry_points):
     assert "unknown hook(s) register_layer_handler" in hub.infos["typo"].error
     # The known hooks come from the spec markers, so every one is listed (restore-like names included).
     specs = [name for name, value in vars(hookspecs).items() if hasattr(value, "pruning_core_spec")]
-    assert "after_step" in specs and "register_state_codecs" in specs and len(specs) == 10
+    assert "after_step" in specs and "tracing_context" in specs and len(specs) == 11
     listed = hub.infos["typo"].error.split("known hooks: ", 1)[1]
     assert sorted(listed.split(", ")) == sorted(specs)
     assert "resolve_model_spec is gone since 0.2" in hub.infos["old"].error

@@ -169,6 +169,7 @@ def _trace(model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output
 
     failure: Optional[Tuple[Exception, Optional[Recorder]]] = None
     declared = resolver.hub.size_attributes(model)  # SizeAttribute records: followed while tracing
+    contexts = lambda: resolver.hub.tracing_contexts(model)  # noqa: E731 - fresh ones for each forward
     meta_refused = False
     for on_meta, symbolic in ((True, True), (True, False), (False, True), (False, False)):
         if on_meta and meta_refused:
@@ -179,11 +180,11 @@ def _trace(model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output
                 with weights_on_meta(model):
                     recorder = Recorder(model, resolver.handler_of, resolver.rule_for, pointwise)  # meta params
                     run_trace(model, recorder, to_meta(inputs), forward_fn, output_transform, on_meta=True,
-                              symbolic=symbolic, size_attributes=declared)
+                              symbolic=symbolic, size_attributes=declared, contexts=contexts)
             else:
                 recorder = Recorder(model, resolver.handler_of, resolver.rule_for, pointwise)
                 run_trace(model, recorder, inputs, forward_fn, output_transform, symbolic=symbolic,
-                          size_attributes=declared)
+                          size_attributes=declared, contexts=contexts)
             return recorder, on_meta
         except PruningError:
             raise

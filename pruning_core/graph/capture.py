@@ -6,7 +6,7 @@ forward (shape-only stand-ins, eval mode where a handler asks for it).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -143,14 +143,24 @@ class EvalWhereHandlersAsk:
             module.training = True
 
 
+@contextlib.contextmanager
+def _all_of(contexts: Sequence[Any]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        yield
+
+
 def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
               forward_fn: Optional[Callable[[torch.nn.Module, Any], Any]],
               output_transform: Optional[Callable[[Any], Any]], on_meta: bool = False,
-              symbolic: bool = False, size_attributes: Sequence[Tuple[torch.nn.Module, str, bool]] = ()) -> Any:
+              symbolic: bool = False, size_attributes: Sequence[Tuple[torch.nn.Module, str, bool]] = (),
+              contexts: Callable[[], Sequence[Any]] = tuple) -> Any:
     """Run one forward pass under the tracer and return its (transformed) output.
 
     With ``symbolic``, sizes the forward reads from shapes and size attributes are followed
     (see ``symbolic.py``); traced ints stored on modules are made plain again afterwards.
+    ``contexts()`` gives the plugins' context managers (``tracing_context``), entered after the size patches.
     """
     if isinstance(example_inputs, dict):
         for key, value in example_inputs.items():
@@ -174,7 +184,7 @@ def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
         sizes = SizeTracker(recorder) if symbolic else contextlib.nullcontext()
         attributes = followed_attributes(recorder, model, recorder.handlers, size_attributes) if symbolic else contextlib.nullcontext()
         with torch.no_grad(), EvalWhereHandlersAsk(model, lambda m: handler_of(id(m))), shape_only, attributes, \
-                sizes, tracer:
+                sizes, _all_of(contexts()), tracer:
             output = call_model(model, example_inputs, forward_fn)
             if output_transform is not None:
                 output = output_transform(output)
