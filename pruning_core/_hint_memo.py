@@ -32,3 +32,14 @@ def hint_records(model: Any, collect: Callable[[], List[Any]]) -> List[Any]:
     if id(model) not in memo:
         memo[id(model)] = (model, collect())  # holding the model keeps its id from being reused
     return memo[id(model)][1]
+
+
+def add_hints(model: Any, records: List[Any]) -> None:
+    """Inside :func:`remembering_hints`, once ``model``'s hints are collected: ``records`` join them.
+
+    For hints a pruner derives from its own arguments (the attributes that hold a ``num_heads``
+    layer's head count), so that tracing and planning see them like a plugin's.
+    """
+    memo = getattr(_local, "memo", None)
+    if records and memo is not None and id(model) in memo:
+        memo[id(model)] = (model, memo[id(model)][1] + list(records))

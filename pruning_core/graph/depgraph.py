@@ -180,6 +180,10 @@ class DependencyGraph:
         return self.structure.set_channel_structure(module, groups, side, prunable_groups, prunable_within,
                                                     group_size)
 
+    def head_counts(self) -> Dict[nn.Module, int]:
+        """Current head count of each module declared as heads (``num_heads``, plugin hints)."""
+        return self.structure.head_counts()
+
     def protect(self, targets: Iterable[Any], reason: str = "ignored by the user") -> None:
         """Never prune the output channels of these modules (or the dims of these parameters)."""
         self.structure.protect(targets, reason)

@@ -26,6 +26,8 @@ class ChannelStructure:
         self.slots = slots
         self._invalidate = invalidate
         self.head_atoms: Set[Atom] = set()
+        # module id -> (module, what counts its heads: a group atom, or None for one head), as declared
+        self._heads: Dict[int, Tuple[nn.Module, Optional[Any]]] = {}
 
     def channel_structure(self, name: str, side: str = "out") -> List[int]:
         """Current sizes of the product factors of a layer's channels, outermost first.
@@ -78,7 +80,10 @@ class ChannelStructure:
         space = self.traced.recorder.space
         expr = resolve(slot.expr)
         if groups == 1:  # one head: nothing to remove whole; its dims may still be pruned alike
-            return self._single_block(expr, slot.describe(), prunable_within, group_size)
+            applied = self._single_block(expr, slot.describe(), prunable_within, group_size)
+            if applied and side == "out":
+                self._heads[id(module)] = (module, None)
+            return applied
         found = _find_group_factor(expr, groups, group_size)
         pairs = [found] if found is not None else []
         if not pairs and type(expr) is Cat and len({current_size(part) for part in expr.parts}) == 1:
@@ -107,8 +112,15 @@ class ChannelStructure:
                 space.mark(inner, UNLOCKED)
             else:
                 space.mark(inner, FROZEN, f"{slot.describe()}: head dims are kept")
+        if side == "out":
+            self._heads[id(module)] = (module, pairs[0][0])
         self._invalidate()
         return True
+
+    def head_counts(self) -> Dict[nn.Module, int]:
+        """The current number of heads of every module whose output was declared as heads."""
+        return {module: 1 if counter is None else current_size(resolve(counter))
+                for module, counter in self._heads.values()}
 
     def _single_block(self, expr: Any, where: str, prunable_within: bool, group_size: Optional[int]) -> bool:
         """A structure of one block: the block's own dims (each part's, for q, k and v) follow ``prunable_within``."""

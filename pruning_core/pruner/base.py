@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .._gc import without_gc
-from .._hint_memo import remembering_hints
+from .._hint_memo import add_hints, remembering_hints
 from ..errors import ConfigurationError, PruneFailedError, PruningError, warn
 from ..graph.depgraph import DependencyGraph
 from ..calibration.runner import Calibrator
@@ -20,7 +20,7 @@ from ..graph.validate import bisect_failures
 from .options import PruningOptions, schedule
 from .planning import PlannedGroup, group_for, plan_step, resolve_ratio
 from . import sync
-from .structure import apply_structure
+from .structure import apply_structure, head_size_attributes
 
 
 def resolve_importance(importance: Any) -> Any:
@@ -64,6 +64,7 @@ class BasePruner:
             importance = self.default_importance
         self.importance = resolve_importance(importance)
         with remembering_hints():  # the plugins' hints for this model, collected once
+            add_hints(model, head_size_attributes(model, self.options.num_heads))
             self._set_up(model, example_inputs)
 
     def _set_up(self, model: nn.Module, example_inputs: Any) -> None:
@@ -86,6 +87,15 @@ class BasePruner:
     @property
     def iterative_steps(self) -> int:
         return self.options.iterative_steps
+
+    @property
+    def num_heads(self) -> Dict[nn.Module, int]:
+        """Each layer declared as heads (``num_heads=``, or a plugin's hint) and its current head count.
+
+        As in Torch-Pruning, read it after pruning to update attributes a forward uses:
+        ``m.num_heads = pruner.num_heads[m.qkv]``.
+        """
+        return self.DG.head_counts()
 
     @property
     def groups(self) -> List[PlannedGroup]:

@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Tuple
 
 from torch import nn
 
 from .. import _plugins
 from ..errors import ConfigurationError
+from ..records import SizeAttribute
 from ..graph.depgraph import DependencyGraph
 from .options import PruningOptions
+
+
+# attribute names a hand-written attention block keeps its head count and head size under
+_HEAD_COUNT = re.compile(r"^(num_|n_?)?(attention_)?heads?$")
+_HEAD_SIZE = re.compile(r"^(head_(dim|size)|dim_head|d_head|attention_head_size)$")
+
+
+def head_size_attributes(model: nn.Module, num_heads: Dict[nn.Module, int]) -> List[SizeAttribute]:
+    """The attributes of the block holding each ``num_heads`` layer that hold its head count and head size.
+
+    Torch-Pruning's recipe for a hand-written ViT passes ``num_heads={m.qkv: m.num_heads}`` and sets
+    ``m.num_heads``/``m.head_dim`` itself after pruning; the forward uses them before that (in the
+    check of every step), so they are followed and set here, as a plugin's ``SizeAttribute`` would.
+    Blocks a plugin already describes, and attributes whose values do not fit the layer, are left out.
+    """
+    hub = _plugins.get_hub()
+    described = {id(m) for m, _, _ in hub.size_attributes(model)} | {id(r.module) for r in hub.attention_layouts(model)}
+    parents = {id(child): parent for parent in model.modules() for child in parent.children()}
+    records = []
+    for module, count in num_heads.items():
+        parent, width = parents.get(id(module)), hub.out_channels(module)
+        if parent is None or id(parent) in described or not isinstance(count, int) or not width:
+            continue
+        ints = {n: v for n, v in vars(parent).items() if type(v) is int and v > 1}
+        counts = tuple(n for n, v in ints.items() if _HEAD_COUNT.match(n) and v == count)
+        sizes = tuple(n for n, v in ints.items() if _HEAD_SIZE.match(n) and width % (v * count) == 0)
+        if counts or sizes:
+            records.append(SizeAttribute(parent, sizes, counts=counts))
+            described.add(id(parent))
+    return records
 
 
 def _name(DG: DependencyGraph, module: nn.Module) -> str:
