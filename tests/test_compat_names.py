@@ -131,3 +131,18 @@ def test_the_reported_head_target_is_the_one_step_applies():
     pruner.step()
     assert pruner.get_target_head_pruning_ratio(qkv) == 0.5
     assert qkv.out_features == 3 * 2 * 4  # 4 heads of 4, half removed: the cap, not 0.75
+
+
+def test_the_pruner_exposes_its_arguments_as_torch_pruning_does():
+    """Scripts read ``pruner.global_pruning`` or ``pruner.per_step_pruning_ratio[pruner.current_step - 1]``."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    pruner = tp.pruner.MetaPruner(model, torch.randn(2, 4), pruning_ratio=0.5, iterative_steps=2,
+                                  global_pruning=True, ch_sparsity_dict={model[0]: 0.25}, round_to=2)
+    assert (pruner.global_pruning, pruner.round_to, pruner.max_pruning_ratio, pruner.prune_num_heads) == \
+        (True, 2, 1.0, False)
+    assert pruner.pruning_ratio_dict is pruner.ch_sparsity_dict and pruner.pruning_ratio_dict[model[0]] == 0.25
+    assert pruner.per_step_pruning_ratio == [0.0, 0.25, 0.5] and pruner.per_step_head_pruning_ratio == [0.0] * 3
+    pruner.step()
+    assert pruner.per_step_pruning_ratio[pruner.current_step - 1] == 0.0  # Torch-Pruning's indexing, unchanged
+    with pytest.raises(AttributeError, match="no attribute 'global_prunning'"):
+        pruner.global_prunning

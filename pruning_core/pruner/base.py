@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -17,7 +18,7 @@ from ..graph.dims import leaves
 from ..graph.group import Group
 from ..graph.grouping import expand_ignored
 from ..graph.validate import bisect_failures
-from .options import PruningOptions, schedule
+from .options import LEGACY_NAMES, PruningOptions, schedule
 from .planning import PlannedGroup, group_for, plan_step, resolve_ratio
 from . import sync
 from .structure import apply_structure, head_size_attributes
@@ -38,6 +39,9 @@ def resolve_importance(importance: Any) -> Any:
     if not callable(importance):
         raise ConfigurationError(f"importance must be a criterion, a criterion class or a name, got {importance!r}")
     return importance
+
+
+_OPTION_FIELDS = frozenset(f.name for f in dataclasses.fields(PruningOptions))
 
 
 class BasePruner:
@@ -87,6 +91,24 @@ class BasePruner:
     @property
     def iterative_steps(self) -> int:
         return self.options.iterative_steps
+
+    def __getattr__(self, name: str) -> Any:
+        """Torch-Pruning keeps its arguments as attributes (``pruner.global_pruning``): read them from the options."""
+        options = self.__dict__.get("options")
+        field = LEGACY_NAMES.get(name, name)
+        if options is not None and field in _OPTION_FIELDS:
+            return getattr(options, field)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def per_step_pruning_ratio(self) -> List[float]:
+        """The target ratio after each step (``[0, ..., pruning_ratio]``), as Torch-Pruning lists it."""
+        return schedule(self.options, self.options.pruning_ratio)
+
+    @property
+    def per_step_head_pruning_ratio(self) -> List[float]:
+        """The target head ratio after each step (``[0, ..., head_pruning_ratio]``)."""
+        return schedule(self.options, self.options.head_pruning_ratio)
 
     @property
     def num_heads(self) -> Dict[nn.Module, int]:
