@@ -47,7 +47,7 @@ _LAZY_NAMES: Dict[str, str] = {
 
 # Submodules advertised in ``__all__`` (Torch-Pruning's ``tp.pruner``, ``tp.importance``, ...).
 _LAZY_SUBMODULES = ("importance", "pruner", "utils", "serialization", "testing", "function", "distributed",
-                    "dependency")
+                    "dependency", "ops")
 # Every submodule, reachable as an attribute of the package once it is imported (a test checks the list).
 _SUBMODULES = frozenset(_LAZY_SUBMODULES + (
     "builtin", "calibration", "calling", "cli", "compensation", "errors", "functional", "graph", "hookspecs", "layer_handler",

@@ -146,3 +146,12 @@ def test_the_pruner_exposes_its_arguments_as_torch_pruning_does():
     assert pruner.per_step_pruning_ratio[pruner.current_step - 1] == 0.0  # Torch-Pruning's indexing, unchanged
     with pytest.raises(AttributeError, match="no attribute 'global_prunning'"):
         pruner.global_prunning
+
+
+def test_layer_type_names_of_tp_ops_select_root_layers():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 4 * 4, 16),
+                          nn.Linear(16, 2))
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(1, 3, 6, 6))
+    roots = [type(g[0].dep.target.module) for g in DG.get_all_groups(root_module_types=(tp.ops.TORCH_CONV,))]
+    assert roots == [nn.Conv2d]
+    assert issubclass(nn.BatchNorm2d, tp.ops.TORCH_BATCHNORM) and tp.ops.TORCH_LINEAR is nn.Linear
