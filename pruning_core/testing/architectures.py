@@ -7,8 +7,8 @@ tests draw the same kind of list with hypothesis instead, from
 ``build(spec)`` turns a list into an ``nn.Module`` taking ``(1, 3, 16, 16)``
 images. Every block family the core claims to support appears: convolutions
 (grouped, depthwise, transposed), norms, residual adds, cat, split/chunk,
-slicing, reshape/flatten, permute, channel shuffle, pixel shuffle, attention,
-squeeze-excite, unwrapped parameters and embeddings. ``oracle_safe(spec)`` says whether the zero-contribution
+slicing, reshape/flatten/unflatten, permute, channel shuffle, pixel shuffle, attention,
+squeeze-excite, maxout, a hand-written layer norm, unwrapped parameters and embeddings. ``oracle_safe(spec)`` says whether the zero-contribution
 identity holds (no operation mixes channels other than through weights).
 """
 
@@ -26,8 +26,9 @@ Spec = List[Dict[str, Any]]
 # Blocks whose output depends on channels only through weights and per-channel ops.
 SAFE = {"conv", "residual", "concat", "shuffle_split", "view_shuffle", "depthwise", "grouped", "pixel_shuffle",
         "channels_last_linear", "squeeze_excite", "scale", "prelu", "upsample_cat", "slice_cat", "conv1d_path",
-        "transpose_conv", "chunk_gate", "flatten_head", "unbind_sum", "split_uneven"}
-UNSAFE = {"layernorm", "groupnorm", "attention", "instancenorm", "mean_mix", "rmsnorm", "embedding_add"}
+        "transpose_conv", "chunk_gate", "flatten_head", "unbind_sum", "split_uneven", "maxout", "split_written"}
+UNSAFE = {"layernorm", "groupnorm", "attention", "instancenorm", "mean_mix", "rmsnorm", "embedding_add",
+          "layernorm_by_hand"}
 KINDS = sorted((SAFE | UNSAFE) - {"flatten_head"})
 
 
@@ -43,12 +44,12 @@ def random_spec(rng: random.Random, max_blocks: int = 5, allow_unsafe: bool = Tr
     for _ in range(rng.randint(1, max_blocks)):
         kind = rng.choice(kinds)
         block: Dict[str, Any] = {"kind": kind, "in": channels}
-        if kind in ("conv", "transpose_conv", "conv1d_path", "channels_last_linear"):
+        if kind in ("conv", "transpose_conv", "conv1d_path", "channels_last_linear", "maxout"):
             block["out"] = rng.choice([6, 8, 10, 12, 16])
         elif kind == "concat":
             block["a"], block["b"] = rng.choice([4, 6, 8]), rng.choice([4, 6, 8])
             block["out"] = block["a"] + block["b"]
-        elif kind in ("shuffle_split", "chunk_gate"):
+        elif kind in ("shuffle_split", "chunk_gate", "split_written"):
             if channels % 2:
                 kind = block["kind"] = "conv"
                 block["out"] = 8
@@ -125,6 +126,14 @@ class _Block(nn.Module):
             self.branch = nn.Sequential(nn.Conv2d(c // 2, c // 2, 1), nn.BatchNorm2d(c // 2), nn.ReLU())
         elif k == "chunk_gate":
             self.conv = nn.Conv2d(c, c, 1)
+        elif k == "maxout":
+            self.conv = nn.Conv2d(c, 2 * out, 1)
+        elif k == "split_written":
+            self.half = c // 2  # a plain number: the split keeps its parts' widths
+            self.conv = nn.Conv2d(c // 2, c // 2, 1)
+        elif k == "layernorm_by_hand":
+            self.weight, self.bias = nn.Parameter(torch.rand(c) + 0.5), nn.Parameter(torch.randn(c))
+            self.normalized_shape = (c,)
         elif k == "view_shuffle":
             self.groups = block["groups"]
             self.conv = nn.Conv2d(c, c, 1)
@@ -197,6 +206,14 @@ class _Block(nn.Module):
             y = self.conv(x)
             a, b = torch.chunk(y, 2, dim=1)
             return torch.cat([a * torch.sigmoid(b), b], dim=1)
+        if k == "maxout":
+            return self.conv(x).unflatten(1, (-1, 2)).amax(2)
+        if k == "split_written":
+            a, b = torch.split(x, self.half, dim=1)
+            return torch.cat([self.conv(a), b], dim=1)
+        if k == "layernorm_by_hand":
+            y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias)
+            return y.permute(0, 3, 1, 2)
         if k == "view_shuffle":
             y = self.conv(x)
             n, c, h, w = y.shape

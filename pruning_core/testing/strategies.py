@@ -47,12 +47,12 @@ def _realize(raw: Dict[str, Any], channels: int) -> Dict[str, Any]:
     """
     kind, choice = raw["kind"], raw["choice"]
     block: Dict[str, Any] = {"kind": kind, "in": channels, "out": channels}
-    if kind in ("conv", "transpose_conv", "conv1d_path", "channels_last_linear"):
+    if kind in ("conv", "transpose_conv", "conv1d_path", "channels_last_linear", "maxout"):
         block["out"] = raw["width"]
     elif kind == "concat":
         block["a"], block["b"] = raw["part_a"], raw["part_b"]
         block["out"] = block["a"] + block["b"]
-    elif kind in ("shuffle_split", "chunk_gate") and channels % 2:
+    elif kind in ("shuffle_split", "chunk_gate", "split_written") and channels % 2:
         block.update(kind="conv", out=raw["width"])
     elif kind == "view_shuffle":
         if _divisors(channels):
