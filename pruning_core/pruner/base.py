@@ -112,12 +112,14 @@ class BasePruner:
 
     @property
     def num_heads(self) -> Dict[nn.Module, int]:
-        """Each layer declared as heads (``num_heads=``, or a plugin's hint) and its current head count.
+        """Each layer given in ``num_heads=`` and its current head count.
 
         As in Torch-Pruning, read it after pruning to update attributes a forward uses:
         ``m.num_heads = pruner.num_heads[m.qkv]``.
         """
-        return self.DG.head_counts()
+        counts = self.DG.head_counts()
+        return {module: counts.get(module, declared) * self._heads_per_unit.get(module, 1)
+                for module, declared in self.options.num_heads.items()}
 
     @property
     def groups(self) -> List[PlannedGroup]:
@@ -127,7 +129,7 @@ class BasePruner:
     # -- set-up --------------------------------------------------------------------
     def _apply_structure(self) -> None:
         """User structure arguments first, then what plugins know (heads, output heads to keep)."""
-        self._rounding = apply_structure(self.DG, self.options, self.model, self.ignored_layers)
+        self._rounding, self._heads_per_unit = apply_structure(self.DG, self.options, self.model, self.ignored_layers)
 
     def _plan_groups(self) -> List[PlannedGroup]:
         options = self.options

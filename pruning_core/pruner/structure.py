@@ -27,6 +27,8 @@ def head_size_attributes(model: nn.Module, num_heads: Dict[nn.Module, int]) -> L
     check of every step), so they are followed and set here, as a plugin's ``SizeAttribute`` would.
     Blocks a plugin already describes, and attributes whose values do not fit the layer, are left out.
     """
+    if not num_heads:
+        return []
     hub = _plugins.get_hub()
     described = {id(m) for m, _, _ in hub.size_attributes(model)} | {id(r.module) for r in hub.attention_layouts(model)}
     parents = {id(child): parent for parent in model.modules() for child in parent.children()}
@@ -49,14 +51,18 @@ def _name(DG: DependencyGraph, module: nn.Module) -> str:
 
 
 def apply_structure(DG: DependencyGraph, options: PruningOptions, model: nn.Module, ignored_layers: List[Any]
-                    ) -> Dict[nn.Module, int]:
+                    ) -> Tuple[Dict[nn.Module, int], Dict[nn.Module, int]]:
     """Declare heads and equal channel groups on ``DG``; modules plugins say to keep join ``ignored_layers``.
 
-    User arguments take precedence over plugin hints; a user's declaration that does not fit raises
-    :class:`ConfigurationError`, a plugin's hint that does not fit is not used. Returns the plugins'
-    ``round_to`` hints: module -> keep a multiple of this many of its output channels.
+    User arguments take precedence over plugin hints, except where a plugin's removable units hold
+    several of the user's heads (a key/value group and its query heads): removing whole units keeps
+    the groups, and a ``head_pruning_ratio`` then removes that fraction of the query heads, not more.
+    A user's declaration that does not fit raises :class:`ConfigurationError`, a plugin's hint that
+    does not fit is not used. Returns the plugins' ``round_to`` hints (module -> keep a multiple of
+    this many output channels) and, for modules pruned by such units, the user's heads per unit.
     """
     heads = dict(options.num_heads)
+    heads_per_unit: Dict[nn.Module, int] = {}
     head_flags: Dict[int, Any] = {}
     hinted_groups: List[Tuple[Any, int, str]] = []
     rounding: Dict[nn.Module, int] = {}
@@ -69,9 +75,13 @@ def apply_structure(DG: DependencyGraph, options: PruningOptions, model: nn.Modu
                                    ("in", hint.in_channel_groups, options.in_channel_groups)):
             if count and hint.module not in table and DG.has_channels(hint.module, side):
                 hinted_groups.append((hint.module, count, side))
-        if hint.num_heads and hint.module not in heads and DG.has_channels(hint.module):
-            heads[hint.module] = hint.num_heads
-            head_flags[id(hint.module)] = hint
+        if hint.num_heads and DG.has_channels(hint.module):
+            asked = heads.get(hint.module)
+            if asked is None or (asked > hint.num_heads and asked % hint.num_heads == 0):
+                heads[hint.module] = hint.num_heads
+                head_flags[id(hint.module)] = hint
+                if asked is not None:
+                    heads_per_unit[hint.module] = asked // hint.num_heads
     for module, count in heads.items():
         hint = head_flags.get(id(module))
         if not DG.has_channels(module):
@@ -98,4 +108,4 @@ def apply_structure(DG: DependencyGraph, options: PruningOptions, model: nn.Modu
                     f"{_name(DG, module)}")
     for module, count, side in hinted_groups:  # a plugin's hint that does not fit is simply not used
         DG.set_channel_structure(module, count, side, prunable_groups=False, prunable_within=True)
-    return rounding
+    return rounding, heads_per_unit

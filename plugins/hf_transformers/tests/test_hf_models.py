@@ -117,6 +117,28 @@ def test_llama_grouped_query_heads_can_be_pruned(tmp_path):
     torch.testing.assert_close(stock_reload(tmp_path, auto_class, inputs), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_torch_pruning_llm_recipe_removes_the_asked_share_of_query_heads():
+    """Torch-Pruning's LLM recipe names every projection's heads (8 query, 2 key/value); the query heads
+    are then removed in whole key/value groups, as without the names, not compounded to a quarter."""
+    model, inputs, _ = build("llama")
+    model.eval()
+    attns = [layer.self_attn for layer in model.model.layers]
+    num_heads = {}
+    for attn in attns:
+        num_heads[attn.q_proj] = model.config.num_attention_heads
+        num_heads[attn.k_proj] = num_heads[attn.v_proj] = model.config.num_key_value_heads
+    pruner = tp.pruner.MetaPruner(model, inputs, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=0.0, ignored_layers=[model.lm_head], num_heads=num_heads,
+                                  prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=0.5)
+    pruner.step()
+    assert [(a.q_proj.out_features, a.k_proj.out_features) for a in attns] == [(4 * 8, 8)] * 2
+    assert [(pruner.num_heads[a.q_proj], pruner.num_heads[a.k_proj]) for a in attns] == [(4, 1)] * 2
+    for attn in attns:  # the recipe's own update afterwards agrees with what the plugin set
+        attn.num_key_value_groups = model.config.num_attention_heads // model.config.num_key_value_heads
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (4, 1)
+    model.generate(**inputs, max_new_tokens=4, do_sample=False)
+
+
 def test_rotary_head_dims_are_kept():
     model, inputs, _ = build("qwen2")
     inv_freq = model.model.rotary_emb.inv_freq.clone()
