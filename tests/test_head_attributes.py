@@ -29,10 +29,10 @@ class Attention(nn.Module):
 
 
 class ViT(nn.Module):
-    def __init__(self, dim: int = 32, depth: int = 2) -> None:
+    def __init__(self, dim: int = 32, depth: int = 2, heads: int = 4) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, dim, 4, 4)
-        self.attns = nn.ModuleList(Attention(dim) for _ in range(depth))
+        self.attns = nn.ModuleList(Attention(dim, heads) for _ in range(depth))
         self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
                                   for _ in range(depth))
         self.head = nn.Linear(dim, 10)
@@ -52,9 +52,9 @@ MODES = {
 }
 
 
-def prune(mode: str, validate: bool = True):
+def prune(mode: str, heads: int, validate: bool = True):
     torch.manual_seed(0)
-    model, x = ViT().eval(), torch.randn(2, 3, 16, 16)
+    model, x = ViT(dim=8 * heads, heads=heads).eval(), torch.randn(2, 3, 16, 16)
     pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                   pruning_ratio=0.5, ignored_layers=[model.head], validate=validate,
                                   num_heads={m.qkv: m.num_heads for m in model.attns}, **MODES[mode])
@@ -62,17 +62,20 @@ def prune(mode: str, validate: bool = True):
     return model, x, pruner
 
 
+@pytest.mark.parametrize("heads", [4, 3])  # 3 heads: as many as the parts q, k, v that the code unbinds
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_the_recipe_prunes_attention_as_without_the_check_and_keeps_the_attributes_in_step(mode):
-    model, x, pruner = prune(mode)
-    unchecked, _, unchecked_pruner = prune(mode, validate=False)  # Torch-Pruning's behaviour: no check
+def test_the_recipe_prunes_attention_as_without_the_check_and_keeps_the_attributes_in_step(mode, heads):
+    model, x, pruner = prune(mode, heads)
+    unchecked, _, unchecked_pruner = prune(mode, heads, validate=False)  # Torch-Pruning's behaviour: no check
     widths = [m.qkv.out_features for m in model.attns]
-    assert widths == [m.qkv.out_features for m in unchecked.attns] and max(widths) < 96
+    assert widths == [m.qkv.out_features for m in unchecked.attns] and max(widths) < 3 * 8 * heads
     for m in model.attns:  # already right before the user's own update
         assert m.num_heads == pruner.num_heads[m.qkv] == unchecked_pruner.num_heads[unchecked.attns[0].qkv]
         assert m.head_dim == m.qkv.out_features // (3 * m.num_heads)
-    expected_heads = 2 if "heads" in mode or mode == "both" else 4
+    expected_heads = heads - heads // 2 if mode in ("whole heads", "both") else heads
     assert [pruner.num_heads[m.qkv] for m in model.attns] == [expected_heads] * 2
+    head_dim = 8 if mode == "whole heads" else 4  # the head dims are halved unless only whole heads go
+    assert [(m.num_heads, m.head_dim) for m in model.attns] == [(expected_heads, head_dim)] * 2
     for m in model.attns:  # the recipe's loop changes nothing, and the model runs
         m.num_heads = pruner.num_heads[m.qkv]
         m.head_dim = m.qkv.out_features // (3 * m.num_heads)

@@ -26,16 +26,18 @@ Atoms carry flags saying whether pruning them is allowed:
   ``get_all_groups``, pruned only when a user asks for them explicitly.
 * ``STRUCTURED``: the size is written in code (a ``view`` into heads, a
   constant split); prunable only when a hint unlocks it (``UNLOCKED``).
+* ``PARTS`` (with ``FROZEN``): the number of tensors the code unpacks (``q, k, v = x.unbind(0)``,
+  ``a, b = x.chunk(2)``); a structure hint never takes it for heads.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, List, Optional, Tuple
 
-from .expr import (FROZEN, ONE, OUTPUT, STICKY, STRUCTURED, UNLOCKED, Atom, Cat, DataDependentDimError, DimError,
-                   Expr, Prod, _offsets, _same, current_size, leaves, resolve)
+from .expr import (FROZEN, ONE, OUTPUT, PARTS, STICKY, STRUCTURED, UNLOCKED, Atom, Cat, DataDependentDimError,
+                   DimError, Expr, Prod, _offsets, _same, current_size, leaves, resolve)
 
-__all__ = ["FROZEN", "STRUCTURED", "UNLOCKED", "OUTPUT", "ONE", "Atom", "Prod", "Cat", "Expr", "DimError",
+__all__ = ["FROZEN", "STRUCTURED", "UNLOCKED", "OUTPUT", "PARTS", "ONE", "Atom", "Prod", "Cat", "Expr", "DimError",
            "DataDependentDimError", "DimSpace", "resolve", "leaves", "current_size"]
 
 

@@ -14,7 +14,8 @@ FROZEN = 1
 STRUCTURED = 2
 UNLOCKED = 4
 OUTPUT = 8  # reaches a model output: kept unless a user asks for these channels explicitly
-STICKY = FROZEN | STRUCTURED | OUTPUT  # flags that the parts of a split atom inherit
+PARTS = 16  # a count of tensors the code unpacks (q, k, v = x.unbind(0)): never heads, never channels
+STICKY = FROZEN | STRUCTURED | OUTPUT | PARTS  # flags that the parts of a split atom inherit
 
 
 class DimError(Exception):

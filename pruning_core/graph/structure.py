@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import ConfigurationError
 from .build import TracedModel
-from .dims import FROZEN, OUTPUT, UNLOCKED, Atom, Cat, DimError, Prod, current_size, leaves, resolve
+from .dims import FROZEN, OUTPUT, PARTS, UNLOCKED, Atom, Cat, DimError, Prod, current_size, leaves, resolve
 from .index import ChannelIndex
 from .lookup import SlotLookup
 
@@ -160,8 +160,10 @@ class ChannelStructure:
         for slot in self.traced.recorder.slots:
             notes: List[str] = []
             kept = [atom for atom in index.atoms_of(slot) if not atom.prunable]
-            # what blocks outright (frozen, a model output) before sizes written in code, which a hint can unlock
-            for atom in sorted(kept, key=lambda atom: not atom.flags & (FROZEN | OUTPUT)):
+            # what blocks outright (frozen, a model output) before sizes written in code, which a hint can
+            # unlock; among the former, counts of unpacked parts (q, k, v) last: never channels, the least telling
+            blocked_first = lambda atom: (not atom.flags & (FROZEN | OUTPUT), bool(atom.flags & PARTS))  # noqa: E731
+            for atom in sorted(kept, key=blocked_first):
                 notes.extend(n for n in atom.notes if n not in notes)
             if notes:
                 out[f"{slot.describe()} [{slot.kind}]"] = notes
@@ -196,17 +198,20 @@ def _find_group_factor(expr: Any, groups: int, group_size: Optional[int],
     """In a product expression, a run of factors whose sizes multiply to ``groups``, and what follows it.
 
     With grouped-query attention the heads of a query projection are two
-    factors (key/value heads times queries per key/value head).
+    factors (key/value heads times queries per key/value head). Counts of parts the code unpacks are
+    tried last: with 3 heads, the q, k and v of a fused ``[3, heads, head_dim]`` also make 3.
     """
     if type(expr) is not Prod:
         return None
     factors = expr.factors
     # Exactly heads x group_size first; then a head holding several parts of that size (q, k and v
     # interleaved per head, ``[heads, 3, head_dim]``, as BLOOM and GPT-NeoX lay out their fused projection).
-    for whole_multiple in (False, True):
+    for whole_multiple, with_parts in ((False, False), (True, False), (False, True), (True, True)):
         for start in range(len(factors)):
             product = 1
             for stop in range(start, len(factors)):
+                if not with_parts and any(leaf.flags & PARTS for leaf in leaves(factors[stop])):
+                    break
                 product *= factors[stop].size
                 if product == groups:
                     inner = resolve(Prod(factors[stop + 1:]))

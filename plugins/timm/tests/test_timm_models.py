@@ -277,3 +277,26 @@ def test_inspect_names_the_kept_heads_first_for_a_fused_qkv():
     reasons = pruner.DG.frozen_reasons()
     assert reasons["blocks.0.attn.qkv [out]"][0] == reasons["blocks.0.attn.proj [in]"][0] == \
         "blocks.0.attn.qkv: whole heads are kept"
+
+
+@pytest.mark.parametrize("mode", ["heads", "head dims"])
+def test_torch_pruning_vit_recipe_on_three_heads(mode):
+    """DeiT/ViT-Tiny has 3 heads, as many as the q, k and v its fused qkv is unbound into; the heads
+    declared by the recipe (num_heads={m.qkv: m.num_heads}) are the heads, not the three parts."""
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, depth=2).eval()
+    x = torch.randn(1, 3, 224, 224)
+    attns = [m for m in model.modules() if isinstance(m, timm.models.vision_transformer.Attention)]
+    options = dict(prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=0.5) if mode == "heads" \
+        else dict(prune_head_dims=True)
+    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=0.5, ignored_layers=[model.head],
+                                  num_heads={m.qkv: m.num_heads for m in attns}, **options)
+    for group in pruner.step(interactive=True):
+        group.prune()
+    expected = (2, 64) if mode == "heads" else (3, 32)
+    for m in attns:  # the recipe's update, after the plugin already set the same values
+        assert (m.num_heads, m.head_dim) == expected
+        m.num_heads = pruner.num_heads[m.qkv]
+        m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+        assert (m.num_heads, m.head_dim) == expected
+    assert model(x).shape == (1, 10)

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import torch
 
-from ...graph.dims import (FROZEN, ONE, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, current_size,
+from ...graph.dims import (FROZEN, ONE, PARTS, STRUCTURED, Cat, DataDependentDimError, DimError, Expr, current_size,
                            resolve)
 from ...graph.rules import broadcast_into, norm_dim
 from ...graph.trace import OpCall
@@ -65,7 +65,7 @@ def _split_parts(call: OpCall, source: torch.Tensor, dim: int, sizes: List[int])
     if len(sizes) > 1 and len(set(sizes)) == 1:
         outer, inner = space.split_factor(expr, len(sizes))
         # the code unpacks a fixed number of parts, so no structure hint may unlock their count
-        space.mark(outer, FROZEN, f"number of parts in {call.name}")
+        space.mark(outer, FROZEN | PARTS, f"number of parts in {call.name}")
         if isinstance(call.arg("split_size"), int):  # torch.split(x, self.in_channels // self.num_paths)
             requested = [call.arg("split_size")]
         if isinstance(requested, (list, tuple)) and len(requested) in (1, len(sizes)):
@@ -106,7 +106,8 @@ def unbind(call: OpCall) -> None:
     source = call.arg("self")
     dim = norm_dim(call.arg("dim", 0), source.ndim)
     dims = call.dims(source)
-    call.space.mark(dims[dim], STRUCTURED, "unbound into separate tensors")
+    # the code takes a fixed number of tensors (q, k, v = x.unbind(0)): no hint may unlock their count
+    call.space.mark(dims[dim], FROZEN | PARTS, "unbound into separate tensors")
     for out in call.outputs:
         call.set(out, dims[:dim] + dims[dim + 1:])
 
