@@ -111,6 +111,9 @@ def outcome(fn, spec, seed, timeout) -> str:
     return _run_with_timeout(attempt, timeout)
 
 
+LABELS = {"pruning_core": "pruning_core", "torch_pruning": "torch-pruning 1.6.1"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--examples", type=int, default=2000)
@@ -137,18 +140,23 @@ def main() -> None:
             print(f"{i + 1}/{args.examples} {dict(counts['pruning_core'])} | {dict(counts['torch_pruning'])}",
                   file=sys.stderr)
     elapsed = time.time() - start
-    lines = ["# Random-architecture fuzzing: pruning_core vs torch-pruning 1.6.1", "",
-             f"Command: `python benchmarks/fuzz.py --examples {args.examples} --seed {args.seed}` (`make fuzz`), "
-             f"{time.strftime('%Y-%m-%d')}, {elapsed / 60:.1f} minutes.", "",
+    libraries = ["pruning_core"] + ([] if args.skip_incumbent else ["torch_pruning"])
+    command = f"python benchmarks/fuzz.py --examples {args.examples} --seed {args.seed}"
+    lines = ["# Random-architecture fuzzing: " + ("pruning_core" if args.skip_incumbent else
+                                                  "pruning_core vs torch-pruning 1.6.1"), "",
+             (f"Command: `{command} --skip-incumbent`, " if args.skip_incumbent else
+              f"Command: `{command}` (`make fuzz`), ") +
+             f"{time.strftime('%Y-%m-%d')}, pruning_core at {run_info.commit()}, {elapsed / 60:.1f} minutes.", "",
              "Each example is a random model from `pruning_core.testing.architectures` (half of them only with "
              "blocks where pruning equals zeroing the removed channels, checked against that oracle for "
-             "pruning_core). Both libraries prune a random subset of one random group; the model must then run "
+             "pruning_core). Each library prunes a random subset of one random group; the model must then run "
              "forward and backward with an unchanged output shape.", "",
-             "| outcome | pruning_core | torch-pruning 1.6.1 |", "|---|---:|---:|"]
+             "| outcome | " + " | ".join(LABELS[name] for name in libraries) + " |",
+             "|---|" + "---:|" * len(libraries)]
     outcomes = sorted(set(counts["pruning_core"]) | set(counts["torch_pruning"]),
                       key=lambda o: (o != "ok", o != "no prunable group", o))
     for result in outcomes:
-        lines.append(f"| {result} | {counts['pruning_core'][result]} | {counts['torch_pruning'][result]} |")
+        lines.append(f"| {result} | " + " | ".join(str(counts[name][result]) for name in libraries) + " |")
     for name in counts:
         total = sum(counts[name].values())
         tried = total - counts[name]["no prunable group"]
