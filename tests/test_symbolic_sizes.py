@@ -648,3 +648,43 @@ def test_a_hand_written_layer_norm_prunes_with_its_channels_and_keeps_its_shape_
     assert loaded.norm.normalized_shape == (8,)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+class SplitAtAttribute(nn.Module):
+    """nanoGPT's attention: ``self.c_attn(x).split(self.n_embd, dim=2)``, heads viewed from ``C = x.size(-1)``."""
+
+    def __init__(self, n_embd: int = 16, n_head: int = 4) -> None:
+        super().__init__()
+        self.n_embd, self.n_head = n_embd, n_head
+        self.c_attn, self.c_proj = nn.Linear(n_embd, 3 * n_embd), nn.Linear(n_embd, n_embd)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.c_attn(x).split(self.n_embd, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class TinyGPT(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = SplitAtAttribute()
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.embed(x)
+        return self.head(x + self.attn(x))
+
+
+def test_a_split_at_the_one_attribute_holding_its_size_follows_pruning_and_sets_it():
+    # split(x, self.n_embd) passes a plain number; the running module's only int attribute of that value is it
+    model, x = TinyGPT().eval(), torch.randn(2, 6, 8)
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.embed.out_features, model.attn.c_attn.out_features, model.attn.n_embd) == (8, 24, 8)
+    trains(model, x)
+    twin = TinyGPT().eval()
+    twin.attn.other = 16  # a second attribute of that value: which one sizes the split is not known
+    tp.pruner.BasePruner(twin, x, importance="l2", pruning_ratio=0.5).step()
+    assert (twin.embed.out_features, twin.attn.n_embd, twin.attn.other) == (16, 16, 16)

@@ -181,7 +181,7 @@ def run_trace(model: torch.nn.Module, recorder: Recorder, example_inputs: Any,
         handler_of = recorder.handlers.get
 
         shape_only = ShapeOnlyForwards(model, lambda m: handler_of(id(m))) if on_meta else contextlib.nullcontext()
-        sizes = SizeTracker(recorder) if symbolic else contextlib.nullcontext()
+        sizes = SizeTracker(recorder, model) if symbolic else contextlib.nullcontext()
         attributes = followed_attributes(recorder, model, recorder.handlers, size_attributes) if symbolic else contextlib.nullcontext()
         with torch.no_grad(), EvalWhereHandlersAsk(model, lambda m: handler_of(id(m))), shape_only, attributes, \
                 sizes, _all_of(contexts()), tracer:

@@ -48,8 +48,10 @@ class SizeTracker:
     operators of the forward cost nothing extra.
     """
 
-    def __init__(self, recorder: "Recorder") -> None:
+    def __init__(self, recorder: "Recorder", model: Optional[nn.Module] = None) -> None:
         self.recorder = recorder
+        self.model = model
+        self._modules: Optional[Dict[str, nn.Module]] = None
         self._saved: List[Tuple[Any, str, Any]] = []
 
     def _quiet(self) -> bool:
@@ -110,6 +112,8 @@ class SizeTracker:
         def call(*args: Any, **kwargs: Any) -> Any:
             if tracker._quiet():
                 return func(*args, **kwargs)
+            if always and len(args) > 1 and type(args[1]) is int:  # split(x, self.n_embd): a plain attribute?
+                args = (args[0], tracker._stored_size(args[0], args[1])) + args[2:]
             ints = _ints_in(args, kwargs)
             if not always and not any(isinstance(i, TracedSize) for i in ints):
                 return func(*args, **kwargs)
@@ -123,6 +127,23 @@ class SizeTracker:
                 recorder.size_hints.pop()
 
         return call
+
+    def _stored_size(self, tensor: Any, size: int) -> int:
+        """``size`` as a traced size bound to the one int attribute of the running module that holds it.
+
+        ``q, k, v = self.c_attn(x).split(self.n_embd, dim=2)`` passes a plain number, which would
+        keep the channels it counts; when exactly one int attribute of the module whose forward is
+        running has that value, it is followed like a declared ``SizeAttribute`` and set after pruning.
+        """
+        if self.model is None or size < 2 or not isinstance(tensor, torch.Tensor) \
+                or self.recorder.known_serial(tensor) is None:
+            return size
+        if self._modules is None:
+            self._modules = dict(self.model.named_modules())
+        module = self._modules.get(self.recorder.current_scope)
+        names = [n for n, v in vars(module).items() if type(v) is int and v == size and not n.startswith("_")] \
+            if module is not None else []
+        return _traced(self.recorder, module, names[0], size, False, None) if len(names) == 1 else size
 
     def _unflatten(self, func: Any) -> Any:
         """``x.unflatten(d, (h, -1))`` as the ``view`` it is, with ``x``'s other dims as measured.

@@ -129,7 +129,7 @@ class _Block(nn.Module):
         elif k == "maxout":
             self.conv = nn.Conv2d(c, 2 * out, 1)
         elif k == "split_written":
-            self.half = c // 2  # a plain number: the split keeps its parts' widths
+            self.half = c // 2  # the module's one int attribute of that value: followed, and set after pruning
             self.conv = nn.Conv2d(c // 2, c // 2, 1)
         elif k == "layernorm_by_hand":
             self.weight, self.bias = nn.Parameter(torch.rand(c) + 0.5), nn.Parameter(torch.randn(c))
