@@ -4,7 +4,8 @@ No plugin knows these classes: a ConvNeXt whose LayerNorm calls ``F.layer_norm``
 ``normalized_shape`` tuple it keeps, a ViT whose attention splits heads with einops, one that
 uses ``unflatten(-1, (3, heads, -1))`` (einops also once a graph of another copy was built in the same
 process), and Torch-Pruning's ViT recipe (``num_heads={m.qkv: ...}``,
-then ``m.num_heads = pruner.num_heads[m.qkv]``) on 3 and 4 heads. Each is pruned with
+then ``m.num_heads = pruner.num_heads[m.qkv]``) on 3 and 4 heads, and nanoGPT's attention, which
+splits q, k and v at a plain attribute (``split(self.n_embd, dim=2)``). Each is pruned with
 ``MagnitudePruner(pruning_ratio=0.5)`` (the classifier ignored) and the fraction of parameters kept
 is printed, with whether the pruned model still runs; an exception is reported as the outcome.
 
@@ -81,6 +82,38 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, -1))
 
 
+class GPTAttention(nn.Module):
+    """nanoGPT's attention: q, k and v split at the plain attribute ``self.n_embd``."""
+
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        self.n_embd, self.n_head = n_embd, n_head
+        self.c_attn, self.c_proj = nn.Linear(n_embd, 3 * n_embd), nn.Linear(n_embd, n_embd)
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.c_attn(x).split(self.n_embd, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class GPT(nn.Module):
+    def __init__(self, n_embd: int = 96, n_head: int = 4, depth: int = 4, vocab: int = 100) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, n_embd), nn.Embedding(64, n_embd)
+        self.attns = nn.ModuleList(GPTAttention(n_embd, n_head) for _ in range(depth))
+        self.mlps = nn.ModuleList(nn.Sequential(nn.LayerNorm(n_embd), nn.Linear(n_embd, 4 * n_embd), nn.GELU(),
+                                                nn.Linear(4 * n_embd, n_embd)) for _ in range(depth))
+        self.norm, self.head = nn.LayerNorm(n_embd), nn.Linear(n_embd, vocab, bias=False)
+
+    def forward(self, idx):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for attn, mlp in zip(self.attns, self.mlps):
+            x = x + mlp(x + attn(x))
+        return self.head(self.norm(x))
+
+
 class ViT(nn.Module):
     def __init__(self, split: str, heads: int = 4, dim: int = 96, depth: int = 4) -> None:
         super().__init__()
@@ -125,6 +158,7 @@ CASES: Dict[str, Tuple[Callable[[], nn.Module], Callable[[nn.Module, torch.Tenso
     "ViT, heads split by einops.rearrange": (lambda: ViT("einops"), plain),
     "ViT, heads split by einops.rearrange, after an earlier graph": (lambda: ViT("einops"), after_another_graph),
     "ViT, heads split by unflatten(-1, (3, heads, -1))": (lambda: ViT("unflatten"), plain),
+    "GPT, nanoGPT's attention (split at self.n_embd)": (GPT, plain),
     "ViT, Torch-Pruning's recipe, 4 heads": (lambda: ViT("attributes", heads=4), torch_pruning_recipe),
     "ViT, Torch-Pruning's recipe, 3 heads": (lambda: ViT("attributes", heads=3), torch_pruning_recipe),
 }
@@ -133,7 +167,8 @@ CASES: Dict[str, Tuple[Callable[[], nn.Module], Callable[[nn.Module, torch.Tenso
 def measure(build: Callable[[], nn.Module], prune: Callable[[nn.Module, torch.Tensor], None]) -> Tuple[str, str]:
     """(parameters kept, whether the pruned model runs) for one case."""
     torch.manual_seed(0)
-    model, x = build().eval(), torch.randn(2, 3, 64, 64)
+    model = build().eval()
+    x = torch.randint(0, 100, (2, 16)) if isinstance(model, GPT) else torch.randn(2, 3, 64, 64)
     before = sum(p.numel() for p in model.parameters())
     try:
         prune(model, x)
