@@ -688,3 +688,28 @@ def test_a_split_at_the_one_attribute_holding_its_size_follows_pruning_and_sets_
     twin.attn.other = 16  # a second attribute of that value: which one sizes the split is not known
     tp.pruner.BasePruner(twin, x, importance="l2", pruning_ratio=0.5).step()
     assert (twin.embed.out_features, twin.attn.n_embd, twin.attn.other) == (16, 16, 16)
+
+
+class TwoSplitsOneAttribute(nn.Module):
+    """One attribute sizes the splits of two unrelated layers: after pruning both must still match it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.half = 8
+        self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1)
+        self.head_a, self.head_b = nn.Linear(8, 5), nn.Linear(8, 5)
+
+    def forward(self, x):
+        a1, a2 = self.a(x).split(self.half, 1)
+        b1, b2 = self.b(x).split(self.half, 1)
+        return self.head_a(torch.maximum(a1, a2).mean((2, 3))) + self.head_b(torch.maximum(b1, b2).mean((2, 3)))
+
+
+def test_an_attribute_that_sizes_two_splits_prunes_them_together():
+    model, x = TwoSplitsOneAttribute().eval(), torch.randn(2, 3, 4, 4)
+    group = oracle_check(model, x, lambda DG, m: DG.get_pruning_group(m.a, tp.prune_conv_out_channels, [1, 9]))
+    assert sorted(idxs for dep, idxs in group if dep.target.qualname == "b" and dep.handler == tp.prune_conv_out_channels) \
+        == [[1, 9]]  # the same position in b: one size for both
+    tp.pruner.BasePruner(model, x, importance="l2", pruning_ratio=0.5).step()
+    assert (model.a.out_channels, model.b.out_channels, model.half) == (8, 8, 4)
+    trains(model, x)

@@ -52,6 +52,7 @@ class SizeTracker:
         self.recorder = recorder
         self.model = model
         self._modules: Optional[Dict[str, nn.Module]] = None
+        self._stored: Dict[Tuple[int, str], Any] = {}  # one binding per attribute: every split it sizes agrees
         self._saved: List[Tuple[Any, str, Any]] = []
 
     def _quiet(self) -> bool:
@@ -143,7 +144,12 @@ class SizeTracker:
         module = self._modules.get(self.recorder.current_scope)
         names = [n for n, v in vars(module).items() if type(v) is int and v == size and not n.startswith("_")] \
             if module is not None else []
-        return _traced(self.recorder, module, names[0], size, False, None) if len(names) == 1 else size
+        if len(names) != 1:
+            return size
+        key = (id(module), names[0])
+        if key not in self._stored:
+            self._stored[key] = _traced(self.recorder, module, names[0], size, False, None)
+        return self._stored[key]
 
     def _unflatten(self, func: Any) -> Any:
         """``x.unflatten(d, (h, -1))`` as the ``view`` it is, with ``x``'s other dims as measured.
