@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from torch import nn
@@ -169,7 +170,7 @@ def _trace(model: nn.Module, inputs: Any, forward_fn: Optional[Callable], output
 
     failure: Optional[Tuple[Exception, Optional[Recorder]]] = None
     declared = resolver.hub.size_attributes(model)  # SizeAttribute records: followed while tracing
-    contexts = lambda: resolver.hub.tracing_contexts(model)  # noqa: E731 - fresh ones for each forward
+    contexts = functools.partial(resolver.hub.tracing_contexts, model)  # fresh ones for each forward
     meta_refused = False
     for on_meta, symbolic in ((True, True), (True, False), (False, True), (False, False)):
         if on_meta and meta_refused:

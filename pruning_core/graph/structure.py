@@ -160,10 +160,7 @@ class ChannelStructure:
         for slot in self.traced.recorder.slots:
             notes: List[str] = []
             kept = [atom for atom in index.atoms_of(slot) if not atom.prunable]
-            # what blocks outright (frozen, a model output) before sizes written in code, which a hint can
-            # unlock; among the former, counts of unpacked parts (q, k, v) last: never channels, the least telling
-            blocked_first = lambda atom: (not atom.flags & (FROZEN | OUTPUT), bool(atom.flags & PARTS))  # noqa: E731
-            for atom in sorted(kept, key=blocked_first):
+            for atom in sorted(kept, key=_blocked_first):
                 notes.extend(n for n in atom.notes if n not in notes)
             if notes:
                 out[f"{slot.describe()} [{slot.kind}]"] = notes
@@ -174,6 +171,12 @@ class ChannelStructure:
         for atom in atoms:
             self.traced.recorder.space.freeze(atom, reason)
         self._invalidate()
+
+
+def _blocked_first(atom: Atom) -> Tuple[bool, bool]:
+    """Sort key for reasons: what blocks outright (frozen, a model output) before sizes written in code, which a
+    hint can unlock; among the former, counts of unpacked parts (q, k, v) last: never channels, the least telling."""
+    return not atom.flags & (FROZEN | OUTPUT), bool(atom.flags & PARTS)
 
 
 def _unequal_parts(expr: Cat, groups: int, group_size: Optional[int]) -> List[Tuple[Any, Any]]:

@@ -52,7 +52,6 @@ class SizeTracker:
         self.recorder = recorder
         self.model = model
         self._modules: Optional[Dict[str, nn.Module]] = None
-        self._stored: Dict[Tuple[int, str], Any] = {}  # one binding per attribute: every split it sizes agrees
         self._saved: List[Tuple[Any, str, Any]] = []
 
     def _quiet(self) -> bool:
@@ -130,26 +129,21 @@ class SizeTracker:
         return call
 
     def _stored_size(self, tensor: Any, size: int) -> int:
-        """``size`` as a traced size bound to the one int attribute of the running module that holds it.
-
-        ``q, k, v = self.c_attn(x).split(self.n_embd, dim=2)`` passes a plain number, which would
-        keep the channels it counts; when exactly one int attribute of the module whose forward is
-        running has that value, it is followed like a declared ``SizeAttribute`` and set after pruning.
-        """
+        """``split(self.n_embd, dim=2)`` passes a plain number, which would keep the channels it counts; when
+        exactly one int attribute of the running module holds it, it is followed like a declared ``SizeAttribute``."""
         if self.model is None or size < 2 or not isinstance(tensor, torch.Tensor) \
                 or self.recorder.known_serial(tensor) is None:
             return size
         if self._modules is None:
             self._modules = dict(self.model.named_modules())
         module = self._modules.get(self.recorder.current_scope)
-        names = [n for n, v in vars(module).items() if type(v) is int and v == size and not n.startswith("_")] \
-            if module is not None else []
+        names = _attributes_holding(module, size) if module is not None else []
         if len(names) != 1:
             return size
-        key = (id(module), names[0])
-        if key not in self._stored:
-            self._stored[key] = _traced(self.recorder, module, names[0], size, False, None)
-        return self._stored[key]
+        for binding in self.recorder.size_bindings:  # one binding per attribute: every split it sizes agrees
+            if binding.module is module and binding.attribute == names[0]:
+                return TracedSize(size, BindingSource(self.recorder, binding))
+        return _traced(self.recorder, module, names[0], size, False, None)
 
     def _unflatten(self, func: Any) -> Any:
         """``x.unflatten(d, (h, -1))`` as the ``view`` it is, with ``x``'s other dims as measured.
@@ -361,10 +355,7 @@ def bind_stored_sizes(recorder: "Recorder", weight: Any, sizes: Sequence[int], e
     if entry is None:
         return
     module, wanted = entry[1], [int(size) for size in sizes]
-    for attr, value in vars(module).items():
-        if attr.startswith("_") or not isinstance(value, (list, tuple)) or len(value) != len(wanted) \
-                or not all(type(v) in (int, TracedSize) for v in value) or [int(v) for v in value] != wanted:
-            continue
+    for attr in _attributes_holding(module, wanted):
         if any(b.module is module and b.attribute == attr for b in recorder.size_bindings):
             continue  # declared by a plugin, or bound on an earlier call
         for index, (size, expr) in enumerate(zip(wanted, exprs)):
@@ -372,6 +363,17 @@ def bind_stored_sizes(recorder: "Recorder", weight: Any, sizes: Sequence[int], e
                 binding = SizeBinding(recorder, module, attr, size, index=index)
                 binding.bind(resolve(expr))
                 recorder.size_bindings.append(binding)
+
+
+def _attributes_holding(module: nn.Module, value: Any) -> List[str]:
+    """Names of ``module``'s public attributes that hold exactly ``value``: an int, or a list of ints (as list or tuple)."""
+    def holds(held: Any) -> bool:
+        if isinstance(value, int):
+            return type(held) is int and held == value
+        return isinstance(held, (list, tuple)) and all(type(v) in (int, TracedSize) for v in held) \
+            and [int(v) for v in held] == value
+
+    return [name for name, held in vars(module).items() if not name.startswith("_") and holds(held)]
 
 
 def _traced(recorder: "Recorder", module: nn.Module, attr: str, value: Any, count: bool,

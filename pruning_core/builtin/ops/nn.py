@@ -93,12 +93,12 @@ def layer_norm(call: OpCall) -> None:
     shape = call.arg("normalized_shape")
     k = len(shape)
     dx = call.dims(x)
-    for name in ("weight", "bias"):
-        t = call.arg(name)
-        if isinstance(t, torch.Tensor):
-            for a, b in zip(dx[-k:], call.dims(t)):
-                call.unify(a, b)
-            call.bind_stored_sizes(t, shape, dx[-k:])  # F.layer_norm(x, self.normalized_shape, self.weight)
+    affine = [t for t in (call.arg("weight"), call.arg("bias")) if isinstance(t, torch.Tensor)]
+    for t in affine:
+        for a, b in zip(dx[-k:], call.dims(t)):
+            call.unify(a, b)
+    if affine:  # F.layer_norm(x, self.normalized_shape, self.weight): the shape the module keeps follows pruning
+        call.bind_stored_sizes(affine[0], shape, dx[-k:])
     for index, out in enumerate(call.outputs):
         if index == 0:
             call.set(out, dx)
